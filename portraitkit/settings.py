@@ -1,0 +1,86 @@
+"""Which database and Supabase project portraitkit talks to, read from env and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from portraitkit.secretfile import read_or_create_secret
+
+Mode = Literal["supabase", "postgres", "embedded"]
+
+
+class ConfigurationError(Exception):
+    """The environment names an incomplete or contradictory setup."""
+
+    code = "configuration_error"
+
+
+def _default_state_dir() -> Path:
+    return Path(platformdirs.user_data_dir("portraitkit"))
+
+
+def _env(name: str, field: str) -> AliasChoices:
+    # Accept the env name and the field name, so `Settings(state_dir=...)` works in code.
+    return AliasChoices(name, field)
+
+
+class Settings(BaseSettings):
+    """Connection settings; `mode` says which of the three setups they describe."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL", "database_url"))
+    supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "supabase_url"))
+    supabase_anon_key: SecretStr | None = Field(
+        None, validation_alias=_env("SUPABASE_ANON_KEY", "supabase_anon_key")
+    )
+    supabase_service_role_key: SecretStr | None = Field(
+        None, validation_alias=_env("SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key")
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        validation_alias=_env("PORTRAITKIT_STATE_DIR", "state_dir"),
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, validation_alias=_env("PORTRAITKIT_JWT_SECRET", "jwt_secret")
+    )
+
+    @property
+    def mode(self) -> Mode:
+        """supabase: a Supabase project; postgres: DATABASE_URL only; embedded: neither.
+
+        Raises ConfigurationError for half-made setups rather than guessing.
+        """
+        has_key = bool(self.supabase_anon_key or self.supabase_service_role_key)
+        if self.supabase_url:
+            if not has_key:
+                raise ConfigurationError(
+                    "SUPABASE_URL is set but neither SUPABASE_ANON_KEY nor "
+                    "SUPABASE_SERVICE_ROLE_KEY is: set one of them, or unset SUPABASE_URL"
+                )
+            return "supabase"
+        if has_key:
+            raise ConfigurationError(
+                "a Supabase key is set but SUPABASE_URL is not: set SUPABASE_URL, or unset the key"
+            )
+        if self.database_url:
+            return "postgres"
+        return "embedded"
+
+    def jwt_secret_value(self) -> str:
+        """The secret that signs local JWTs; embedded mode makes one and keeps it."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.mode != "embedded":
+            raise ConfigurationError(
+                "PORTRAITKIT_JWT_SECRET is required outside embedded mode "
+                "(use the project's JWT secret)"
+            )
+        return read_or_create_secret(self.state_dir / "jwt_secret", nbytes=32)
