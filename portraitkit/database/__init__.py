@@ -1,0 +1,1 @@
+"""The database side of portraitkit: embedded server, connections, migrations."""
