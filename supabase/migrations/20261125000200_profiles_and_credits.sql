@@ -127,7 +127,7 @@ create policy credit_ledger_select_own on public.credit_ledger
   for select to authenticated
   using (user_id = (select auth.uid()));
 
-revoke all on public.profiles, public.credit_ledger from anon, authenticated;
+revoke all on public.profiles, public.credit_ledger from anon, authenticated, service_role;
 grant select on public.profiles, public.credit_ledger to authenticated;
 -- The only column a user may change directly.
 grant update (display_name) on public.profiles to authenticated;

@@ -27,7 +27,7 @@ create policy styles_select_active on public.styles
   for select to anon, authenticated
   using (is_active);
 
-revoke all on public.styles from anon, authenticated;
+revoke all on public.styles from anon, authenticated, service_role;
 grant select on public.styles to anon, authenticated;
 grant select, insert, update on public.styles to service_role;
 

@@ -177,38 +177,30 @@ begin
            (array_agg(c.style_key order by c.id) filter (where c.to_status = 'completed'))[1] as cover_style
       from unnest(changes) c
      group by c.batch_id
-  ), counted as (
-    select b.id,
-           b.pending_count + p.d_pending as pending_count,
-           b.processing_count + p.d_processing as processing_count,
-           b.completed_count + p.d_completed as completed_count,
-           b.failed_count + p.d_failed as failed_count,
-           b.cancelled_count + p.d_cancelled as cancelled_count,
-           b.total_count + p.d_total as total_count,
-           p.cover_url, p.cover_style
-      from public.generation_batches b
-      join per_batch p on p.batch_id = b.id
-  ), derived as (
-    select c.*, private.derive_batch_status(c.pending_count, c.processing_count,
-             c.completed_count, c.failed_count, c.cancelled_count) as status
-      from counted c
   )
+  -- Every new value is written as "column + delta" against b itself: under concurrent
+  -- updates READ COMMITTED re-reads the latest row version before applying them, so no
+  -- change is lost (values computed from a snapshot in a CTE would be).
   update public.generation_batches b
-     set pending_count = d.pending_count,
-         processing_count = d.processing_count,
-         completed_count = d.completed_count,
-         failed_count = d.failed_count,
-         cancelled_count = d.cancelled_count,
-         total_count = d.total_count,
-         status = d.status,
-         cover_image_url = coalesce(b.cover_image_url, d.cover_url),
-         cover_style_key = case when b.cover_image_url is null then d.cover_style
+     set pending_count = b.pending_count + p.d_pending,
+         processing_count = b.processing_count + p.d_processing,
+         completed_count = b.completed_count + p.d_completed,
+         failed_count = b.failed_count + p.d_failed,
+         cancelled_count = b.cancelled_count + p.d_cancelled,
+         total_count = b.total_count + p.d_total,
+         status = private.derive_batch_status(
+           b.pending_count + p.d_pending, b.processing_count + p.d_processing,
+           b.completed_count + p.d_completed, b.failed_count + p.d_failed,
+           b.cancelled_count + p.d_cancelled),
+         cover_image_url = coalesce(b.cover_image_url, p.cover_url),
+         cover_style_key = case when b.cover_image_url is null then p.cover_style
                                 else b.cover_style_key end,
-         finished_at = case when d.status in ('pending', 'processing') then null
-                            else coalesce(b.finished_at, now()) end,
+         finished_at = case
+           when b.pending_count + p.d_pending + b.processing_count + p.d_processing > 0 then null
+           else coalesce(b.finished_at, now()) end,
          updated_at = now()
-    from derived d
-   where b.id = d.id;
+    from per_batch p
+   where b.id = p.batch_id;
 
   -- One refund per item that newly ended failed or cancelled: its own cost, exactly once.
   insert into public.credit_ledger (user_id, kind, delta, batch_id, generation_id, note)
@@ -327,7 +319,7 @@ create policy generations_select_own on public.generations
   using (user_id = (select auth.uid()));
 
 revoke all on public.generation_batches, public.generations, public.batch_generations_view
-  from anon, authenticated;
+  from anon, authenticated, service_role;
 grant select on public.generation_batches, public.generations, public.batch_generations_view
   to authenticated;
 grant select on public.generation_batches, public.generations, public.batch_generations_view

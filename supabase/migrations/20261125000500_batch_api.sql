@@ -273,16 +273,19 @@ begin
 end
 $$;
 
--- Lock the caller's batch or say it does not exist (another user's batch looks the same).
-create function private.lock_own_batch(target uuid, uid uuid) returns public.generation_batches
-language plpgsql
+-- The caller's batch, or batch_not_found (another user's batch looks exactly the same).
+--
+-- Deliberately takes no lock: every writer locks generations first and the batch row
+-- second (through the counters trigger), and profiles last. Locking the batch up front
+-- here would invert that order against a worker finishing an item, and deadlock.
+create function private.own_batch(target uuid, uid uuid) returns public.generation_batches
+language plpgsql stable
 set search_path = ''
 as $$
 declare
   b public.generation_batches;
 begin
-  select * into b from public.generation_batches g where g.id = target and g.user_id = uid
-    for no key update;
+  select * into b from public.generation_batches g where g.id = target and g.user_id = uid;
   if not found then
     perform private.raise_error('batch_not_found', 404, 'No such batch for this user.',
       jsonb_build_object('batch_id', target));
@@ -300,7 +303,7 @@ set search_path = ''
 as $$
 declare
   uid uuid := private.require_user();
-  b public.generation_batches := private.lock_own_batch(cancel_batch.batch_id, uid);
+  b public.generation_batches := private.own_batch(cancel_batch.batch_id, uid);
   cancelled integer;
   refunded integer;
 begin
@@ -332,13 +335,22 @@ set search_path = ''
 as $$
 declare
   uid uuid := private.require_user();
-  b public.generation_batches := private.lock_own_batch(retry_failed.batch_id, uid);
+  b public.generation_batches := private.own_batch(retry_failed.batch_id, uid);
   cost integer;
   items integer;
   balance integer;
 begin
-  select count(*), coalesce(sum(g.credit_cost), 0) into items, cost
-    from public.generations g where g.batch_id = b.id and g.status = 'failed';
+  -- Requeue first, charge second: generations, then the batch (trigger), then the
+  -- profile is the lock order every writer follows. Not enough credits rolls it all back.
+  with requeued as (
+    update public.generations g
+       set status = 'pending', attempts = 0, last_error = null, generated_image_url = null,
+           queued_at = now(), run_after = now(), started_at = null, finished_at = null,
+           lease_owner = null, lease_expires_at = null, updated_at = now()
+     where g.batch_id = b.id and g.status = 'failed'
+    returning g.credit_cost
+  )
+  select count(*), coalesce(sum(requeued.credit_cost), 0) into items, cost from requeued;
   if items = 0 then
     perform private.raise_error('nothing_to_retry', 409, 'This batch has no failed items.',
       jsonb_build_object('batch_id', b.id, 'status', b.status));
@@ -353,11 +365,6 @@ begin
     perform private.apply_credit_change(uid, 'debit', -cost, b.id, null,
       format('retry of %s failed items', items));
   end if;
-  update public.generations g
-     set status = 'pending', attempts = 0, last_error = null, generated_image_url = null,
-         queued_at = now(), run_after = now(), started_at = null, finished_at = null,
-         lease_owner = null, lease_expires_at = null, updated_at = now()
-   where g.batch_id = b.id and g.status = 'failed';
   select * into b from public.generation_batches g where g.id = b.id;
   return jsonb_build_object('batch_id', b.id, 'retried', items, 'charged', cost,
                             'status', b.status);
@@ -374,7 +381,7 @@ set search_path = ''
 as $$
 declare
   uid uuid := private.require_user();
-  b public.generation_batches := private.lock_own_batch(delete_batch.batch_id, uid);
+  b public.generation_batches := private.own_batch(delete_batch.batch_id, uid);
   refunded integer;
   paths text[];
 begin
