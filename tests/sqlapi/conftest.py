@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from portraitkit.database import rpc
-from portraitkit.database.migrations import migrate_database
+from portraitkit.database.migrations import Migrator
 
 TEMPLATE = "portraitkit_sqlapi_template"
 
@@ -33,7 +33,7 @@ def template_url(database_url: str) -> str:
         admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TEMPLATE)))
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
     url = _with_db(database_url, TEMPLATE)
-    migrate_database(url)
+    Migrator(url).migrate()
     return url
 
 
