@@ -4,8 +4,8 @@ PostgREST runs each request in one transaction, switches to the JWT's role with
 ``set_config('role', ..., true)``, puts the claims in ``request.jwt.claims`` and calls the
 function with named arguments (PostgREST docs: references/transactions, references/api).
 Doing the same here means RLS and grants apply to the direct-Postgres transport exactly
-as they do through the HTTP API: there is no bypass. Nothing survives the transaction,
-so this works through a transaction-mode pooler too.
+as they do through the HTTP API: there is no bypass. Nothing outlives the transaction and
+no statement is prepared, so this works through a transaction-mode pooler too.
 """
 
 from __future__ import annotations
@@ -17,24 +17,39 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from portraitkit.errors import PortraitkitError, error_from_postgres
 
 ANON_ROLE = "anon"
+SET_REQUEST = (
+    "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
+)
 
 
-def _statement(function: str, args: Mapping[str, Any]) -> sql.Composed:
+def request_settings(claims: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The role and claims JSON PostgREST would set for a request with these claims."""
+    role = str((claims or {}).get("role") or ANON_ROLE)
+    return role, json.dumps(dict(claims or {}), default=str)
+
+
+def statement(function: str, args: Mapping[str, Any]) -> sql.Composed:
     named = sql.SQL(", ").join(
         sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder()) for name in args
     )
     return sql.SQL("select * from public.{}({})").format(sql.Identifier(function), named)
 
 
-def _adapt(value: Any) -> Any:
-    """JSON-ish values go as jsonb; lists of UUIDs/strings stay arrays."""
-    if isinstance(value, dict):
-        return psycopg.types.json.Jsonb(value)
-    return value
+def parameters(args: Mapping[str, Any]) -> list[Any]:
+    """Dicts travel as jsonb; everything else as psycopg adapts it."""
+    return [Jsonb(v) if isinstance(v, dict) else v for v in args.values()]
+
+
+def shape(function: str, description: Any, rows: list[dict[str, Any]]) -> Any:
+    """What PostgREST would answer: a scalar function's value, or a set's rows."""
+    if description is not None and len(description) == 1 and description[0].name == function:
+        return rows[0][function] if rows else None
+    return rows
 
 
 def translate(exc: psycopg.Error) -> PortraitkitError:
@@ -51,33 +66,51 @@ def call(
     args: Mapping[str, Any] | None = None,
     *,
     claims: Mapping[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+) -> Any:
     """Run ``public.<function>(name => value, ...)`` as the claims' role, in one transaction.
 
-    ``claims`` are a JWT's claims (``sub``, ``role``...); none means the anonymous role.
-    Returns the result rows; a scalar function gives one row keyed by its name.
+    ``claims`` are a verified JWT's claims; none means the anonymous role.
     """
     args = args or {}
-    role = str((claims or {}).get("role") or ANON_ROLE)
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
-                (role, json.dumps(dict(claims or {}))),
-            )
-            cur.execute(_statement(function, args), [_adapt(v) for v in args.values()])
-            return cur.fetchall()
+            cur.execute(SET_REQUEST, request_settings(claims))
+            cur.execute(statement(function, args), parameters(args))
+            return shape(function, cur.description, cur.fetchall())
     except psycopg.Error as exc:
         raise translate(exc) from exc
 
 
-def call_value(
-    conn: psycopg.Connection[Any],
+async def acall(
+    conn: psycopg.AsyncConnection[Any],
     function: str,
     args: Mapping[str, Any] | None = None,
     *,
     claims: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The single value a scalar function returns."""
-    rows = call(conn, function, args, claims=claims)
-    return rows[0][function] if rows else None
+    """The async twin of :func:`call`."""
+    args = args or {}
+    try:
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(SET_REQUEST, request_settings(claims))
+            await cur.execute(statement(function, args), parameters(args))
+            return shape(function, cur.description, await cur.fetchall())
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+async def aselect(
+    conn: psycopg.AsyncConnection[Any],
+    query: sql.Composable,
+    params: list[Any] | None = None,
+    *,
+    claims: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Read rows as the claims' role (RLS applies), as a PostgREST GET would."""
+    try:
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(SET_REQUEST, request_settings(claims))
+            await cur.execute(query, params)
+            return await cur.fetchall()
+    except psycopg.Error as exc:
+        raise translate(exc) from exc

@@ -79,10 +79,7 @@ class Actor:
 
     def rpc(self, function: str, **args: Any) -> Any:
         """Call a contract function; scalar results come back as the value, sets as rows."""
-        rows = rpc.call(self.conn, function, args, claims=self.claims)
-        if len(rows) == 1 and list(rows[0]) == [function]:
-            return rows[0][function]
-        return rows
+        return rpc.call(self.conn, function, args, claims=self.claims)
 
     def query(self, statement: str, params: Any = None) -> list[dict[str, Any]]:
         """Run SQL as this actor (role and claims set as PostgREST would), then roll back."""
