@@ -1,0 +1,165 @@
+"""Where images live: Supabase Storage or a local directory, behind one small interface.
+
+Object paths are the same in both: ``<user_id>/sources/<sha256>.<ext>`` for uploaded
+photos and ``<user_id>/<batch_id>/<generation_id>.<ext>`` for results, inside one private
+bucket. Storage RLS on Supabase keys on that first path segment being the user's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image, UnidentifiedImageError
+
+from portraitkit.errors import InvalidInput
+
+DEFAULT_BUCKET = "portraits"
+MAX_SOURCE_BYTES = 20 * 1024 * 1024
+MAX_SOURCE_PIXELS = 40_000_000
+MIN_SOURCE_SIDE = 64
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+class InvalidImage(InvalidInput):
+    """The source is not an image we can stylise (format, size or pixel count)."""
+
+    code = "invalid_image"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def validate_source_image(data: bytes) -> ImageInfo:
+    """Check a photo before anyone is charged for it: a real JPEG, PNG or WebP, not empty,
+    not huge, and not a decompression bomb."""
+    if not data:
+        raise InvalidImage("The image is empty.", details={"field": "source"})
+    if len(data) > MAX_SOURCE_BYTES:
+        raise InvalidImage(
+            f"The image is {len(data)} bytes; the limit is {MAX_SOURCE_BYTES}.",
+            details={"field": "source", "max_bytes": MAX_SOURCE_BYTES, "given": len(data)},
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height) = image.format or "", image.size
+            if fmt not in CONTENT_TYPES:
+                raise InvalidImage(
+                    f"{fmt or 'This'} images are not supported; use JPEG, PNG or WebP.",
+                    details={"field": "source", "format": fmt},
+                )
+            if width * height > MAX_SOURCE_PIXELS:
+                raise InvalidImage(
+                    f"The image has {width}x{height} pixels; the limit is {MAX_SOURCE_PIXELS}.",
+                    details={"field": "source", "max_pixels": MAX_SOURCE_PIXELS},
+                )
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(
+            "The file is not a readable image.", details={"field": "source"}
+        ) from exc
+    if min(width, height) < MIN_SOURCE_SIDE:
+        raise InvalidImage(
+            f"The image is {width}x{height}; each side needs at least {MIN_SOURCE_SIDE} pixels.",
+            details={"field": "source", "min_side": MIN_SOURCE_SIDE},
+        )
+    return ImageInfo(fmt, width, height)
+
+
+def source_object_path(user_id: Any, data: bytes, info: ImageInfo) -> str:
+    """Content-addressed, so uploading the same photo twice stores it once."""
+    return f"{user_id}/sources/{hashlib.sha256(data).hexdigest()[:32]}.{info.extension}"
+
+
+def result_object_path(user_id: Any, batch_id: Any, generation_id: Any, extension: str) -> str:
+    return f"{user_id}/{batch_id}/{generation_id}.{extension}"
+
+
+class Storage(Protocol):
+    """A bucket of objects addressed by path."""
+
+    async def put(self, path: str, data: bytes, content_type: str) -> None: ...
+
+    async def get(self, path: str) -> bytes: ...
+
+    async def remove(self, paths: list[str]) -> None: ...
+
+    async def url(self, path: str, expires_in: int = 3600) -> str: ...
+
+
+class LocalStorage:
+    """A directory standing in for a bucket: ``<root>/<bucket>/<path>``."""
+
+    def __init__(self, root: Path, bucket: str = DEFAULT_BUCKET) -> None:
+        self.base = Path(root) / bucket
+
+    def _file(self, path: str) -> Path:
+        target = (self.base / path).resolve()
+        if self.base.resolve() not in target.parents:
+            raise InvalidInput(f"Invalid object path: {path!r}.", details={"field": "path"})
+        return target
+
+    async def put(self, path: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(self._write, self._file(path), data)
+
+    @staticmethod
+    def _write(target: Path, data: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # readers never see half a file
+
+    async def get(self, path: str) -> bytes:
+        return await asyncio.to_thread(self._file(path).read_bytes)
+
+    async def remove(self, paths: list[str]) -> None:
+        for path in paths:
+            self._file(path).unlink(missing_ok=True)
+
+    async def url(self, path: str, expires_in: int = 3600) -> str:
+        return self._file(path).as_uri()
+
+
+class SupabaseStorage:
+    """A private Supabase Storage bucket through storage3 (supabase-py's storage client)."""
+
+    def __init__(self, storage_client: Any, bucket: str = DEFAULT_BUCKET) -> None:
+        self._client = storage_client
+        self.bucket = bucket
+
+    def _bucket(self) -> Any:
+        return self._client.from_(self.bucket)
+
+    async def put(self, path: str, data: bytes, content_type: str) -> None:
+        await self._bucket().upload(
+            path, data, {"content-type": content_type, "upsert": "true"}
+        )
+
+    async def get(self, path: str) -> bytes:
+        return bytes(await self._bucket().download(path))
+
+    async def remove(self, paths: list[str]) -> None:
+        if paths:
+            await self._bucket().remove(paths)
+
+    async def url(self, path: str, expires_in: int = 3600) -> str:
+        signed = await self._bucket().create_signed_url(path, expires_in)
+        return str(signed["signedURL"] if "signedURL" in signed else signed["signedUrl"])

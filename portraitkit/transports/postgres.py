@@ -1,0 +1,89 @@
+"""Direct Postgres: the embedded server, or any database reached by DATABASE_URL.
+
+Each call does what PostgREST does for a request: verify the JWT with the project's
+secret, then in one transaction switch to its role, set ``request.jwt.claims`` and call the
+function. RLS and grants apply exactly as through the HTTP API. No server-side prepared
+statements and nothing kept between transactions, so a transaction-mode pooler works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from portraitkit.auth import verify_token
+from portraitkit.database import rpc
+from portraitkit.errors import DatabaseUnavailable, PortraitkitError
+
+TokenSource = Callable[[], str | None]
+
+
+def make_pool(conninfo: str, *, max_size: int = 10) -> AsyncConnectionPool:
+    """A pool whose connections suit PostgREST-style calls (and a transaction pooler)."""
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"prepare_threshold": None, "autocommit": False},
+        open=False,
+        timeout=10,
+    )
+
+
+class PostgresTransport:
+    """Calls the SQL contract over psycopg for one identity."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, token: TokenSource, jwt_secret: str, *, owns_pool: bool = False
+    ) -> None:
+        self._pool = pool
+        self._token = token
+        self._secret = jwt_secret
+        self._owns_pool = owns_pool
+
+    def _claims(self) -> dict[str, Any] | None:
+        token = self._token()
+        return verify_token(self._secret, token) if token else None
+
+    @property
+    def user_id(self) -> str | None:
+        claims = self._claims()
+        return str(claims["sub"]) if claims and claims.get("sub") else None
+
+    async def rpc(
+        self, function: str, args: Mapping[str, Any] | None = None, *, retry_safe: bool = False
+    ) -> Any:
+        claims = self._claims()
+        try:
+            async with self._pool.connection() as conn:
+                return await rpc.acall(conn, function, args, claims=claims)
+        except PortraitkitError:
+            raise
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+
+    async def select(
+        self, table: str, *, columns: Sequence[str] = ("*",), order: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        cols = sql.SQL("*") if tuple(columns) == ("*",) else sql.SQL(", ").join(
+            map(sql.Identifier, columns)
+        )
+        query = sql.SQL("select {} from public.{}").format(cols, sql.Identifier(table))
+        if order:
+            query += sql.SQL(" order by ") + sql.SQL(", ").join(map(sql.Identifier, order))
+        claims = self._claims()
+        try:
+            async with self._pool.connection() as conn:
+                return await rpc.aselect(conn, query, claims=claims)
+        except PortraitkitError:
+            raise
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
