@@ -29,7 +29,9 @@ def resolve_database_url(settings: Settings) -> str:
     return embedded_server(settings).ensure_running()
 
 
-def connect(conninfo: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[TupleRow]:
+def connect(
+    conninfo: str, *, autocommit: bool = False, **kwargs: Any
+) -> psycopg.Connection[TupleRow]:
     """Open a connection that also works through Supabase's transaction-mode pooler.
 
     `prepare_threshold=None` turns off server-side prepared statements, which a

@@ -5,7 +5,8 @@ helper listens on a Unix socket only and mishandles ports. One server per state 
 
     <state_dir>/pgdata/        the cluster (owned by the server account)
     <state_dir>/password       the superuser's generated password (0600)
-    <state_dir>/server.json    port, pid, pgdata, password location: how others find it
+    <state_dir>/server.json    running, pid, port, pgdata, password location: how others
+                               find and share the server
     <state_dir>/lock           fcntl lock held while starting or stopping
 
 A process that finds a live server through server.json shares it; `postmaster.pid` in the
@@ -90,10 +91,9 @@ class _Postmaster:
 class EmbeddedPostgres:
     """Start, share, stop and inspect the server that lives in one state directory."""
 
-    def __init__(self, state_dir: Path | str, *, durable: bool = True) -> None:
-        """`durable=False` skips initdb's fsync: for throwaway test clusters only."""
+    def __init__(self, state_dir: Path | str) -> None:
+        """Any folder works; tests give each server its own temporary one."""
         self.state_dir = Path(state_dir).expanduser().resolve()
-        self.durable = durable
         self.pgdata = self.state_dir / "pgdata"
         self.password_file = self.state_dir / "password"
         self.state_file = self.state_dir / "server.json"
@@ -110,7 +110,7 @@ class EmbeddedPostgres:
             return self.url(shared.port)
         with self._locked():
             postmaster = self._live_postmaster() or self._start()
-            self._write_state(postmaster)
+            self._write_state(postmaster.pid, postmaster.port)
             return self.url(postmaster.port)
 
     def stop(self) -> bool:
@@ -119,8 +119,9 @@ class EmbeddedPostgres:
             postmaster = self._live_postmaster()
             if postmaster is not None:
                 command = [self._tool("pg_ctl"), "stop", "-D", str(self.pgdata), "-m", "fast"]
-                self._run(command + ["-w", "-t", str(START_TIMEOUT)], "stop the server")
-            self.state_file.unlink(missing_ok=True)
+                self._run([*command, "-w", "-t", str(START_TIMEOUT)], "stop the server")
+            # Keep the port on record: the next start reuses it, so saved URLs keep working.
+            self._write_state(None, self._previous_port())
             return postmaster is not None
 
     def status(self) -> EmbeddedStatus:
@@ -161,11 +162,13 @@ class EmbeddedPostgres:
             return postmaster
         return None
 
-    def _write_state(self, postmaster: _Postmaster) -> None:
+    def _write_state(self, pid: int | None, port: int | None) -> None:
+        """Record the server for other processes; pid None means stopped."""
         state = {
-            "pid": postmaster.pid,
+            "running": pid is not None,
+            "pid": pid,
             "host": HOST,
-            "port": postmaster.port,
+            "port": port,
             "pgdata": str(self.pgdata),
             "password_file": str(self.password_file),
             "log_file": str(self.log_file),
@@ -221,7 +224,6 @@ class EmbeddedPostgres:
             command = [self._tool("initdb"), "-D", str(staging), "-U", SUPERUSER]
             command += ["--pwfile", pwfile, "--auth=scram-sha-256", "--encoding=UTF8"]
             command += ["--locale=C", "--no-instructions"]
-            command += [] if self.durable else ["--no-sync"]
             for name, value in SERVER_SETTINGS.items():
                 command += ["-c", f"{name}={value}"]
             result = run_as(account, command, timeout=300)
@@ -353,9 +355,12 @@ def _processes_in(pgdata: Path) -> set[int]:
     found = set()
     for process in psutil.process_iter(["name"]):
         try:
-            if process.info["name"] == "postgres" and process.status() != psutil.STATUS_ZOMBIE:
-                if Path(process.cwd()) == pgdata:
-                    found.add(process.pid)
+            if (
+                process.info["name"] == "postgres"
+                and process.status() != psutil.STATUS_ZOMBIE
+                and Path(process.cwd()) == pgdata
+            ):
+                found.add(process.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
             continue
     return found

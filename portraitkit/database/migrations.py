@@ -37,8 +37,7 @@ CREATE_HISTORY = [
     "CREATE SCHEMA IF NOT EXISTS supabase_migrations",
     "CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations "
     "(version text NOT NULL PRIMARY KEY)",
-    "ALTER TABLE supabase_migrations.schema_migrations "
-    "ADD COLUMN IF NOT EXISTS statements text[]",
+    "ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[]",
     "ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text",
 ]
 Connection = psycopg.Connection[TupleRow]

@@ -57,9 +57,7 @@ def _create_system_user(name: str) -> None:
         ) from exc
     # Exit 9: another process created it meanwhile, which is what we wanted.
     if result.returncode not in (0, 9):
-        raise ServerAccountError(
-            f"could not create system user {name!r}: {result.stderr.strip()}"
-        )
+        raise ServerAccountError(f"could not create system user {name!r}: {result.stderr.strip()}")
 
 
 def grant_traverse(path: Path) -> None:
