@@ -1,0 +1,55 @@
+"""Shared fixtures: one real embedded PostgreSQL for the whole session.
+
+- `pg_server`: the running EmbeddedPostgres (its own temporary state directory), not migrated.
+- `database_url`: its superuser URL, with the repository's schema applied (sql/ bootstrap
+  and supabase/migrations). Use it for anything that needs the product schema.
+- `admin_conn`: a superuser connection to `database_url`, autocommit, closed after the test.
+- `empty_database_url`: a brand-new empty database on the same server, dropped afterwards;
+  for tests that run migrations of their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import TupleRow
+
+from portraitkit.database.connection import connect
+from portraitkit.database.embedded import EmbeddedPostgres
+from portraitkit.database.migrations import Migrator
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg-session"))
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: EmbeddedPostgres) -> str:
+    url = pg_server.ensure_running()
+    Migrator(url, bootstrap=True).migrate()
+    return url
+
+
+@pytest.fixture
+def admin_conn(database_url: str) -> Iterator[psycopg.Connection[TupleRow]]:
+    with connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def empty_database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    server_url = pg_server.ensure_running()
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"'.encode())
+    yield make_conninfo(server_url, dbname=name)
+    with connect(server_url, autocommit=True) as conn:
+        conn.execute(f'drop database "{name}" with (force)'.encode())

@@ -1,0 +1,86 @@
+"""Settings say which setup is meant, and refuse half-made ones."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from portraitkit.settings import ConfigurationError, Settings
+
+ENV = (
+    "DATABASE_URL",
+    "SUPABASE_URL",
+    "SUPABASE_ANON_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "PORTRAITKIT_STATE_DIR",
+    "PORTRAITKIT_JWT_SECRET",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env from the checkout
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_nothing_set_means_embedded() -> None:
+    assert Settings().mode == "embedded"
+
+
+def test_database_url_means_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/app")
+
+    assert Settings().mode == "postgres"
+
+
+def test_supabase_url_and_a_key_mean_supabase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "https://x.supabase.co")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "key")
+
+    assert Settings().mode == "supabase"
+
+
+def test_supabase_url_without_a_key_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "https://x.supabase.co")
+
+    with pytest.raises(ConfigurationError, match="SUPABASE_ANON_KEY"):
+        _ = Settings().mode
+
+
+def test_a_key_without_supabase_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_ANON_KEY", "key")
+
+    with pytest.raises(ConfigurationError, match="SUPABASE_URL"):
+        _ = Settings().mode
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://from-dotenv/app\n")
+
+    assert Settings().database_url == "postgresql://from-dotenv/app"
+
+
+def test_state_dir_from_env_and_from_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PORTRAITKIT_STATE_DIR", str(tmp_path / "env"))
+
+    assert Settings().state_dir == tmp_path / "env"
+    assert Settings(state_dir=tmp_path / "code").state_dir == tmp_path / "code"
+
+
+def test_embedded_jwt_secret_is_generated_once_and_private(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+
+    secret = settings.jwt_secret_value()
+
+    assert len(secret) == 64
+    assert Settings(state_dir=tmp_path).jwt_secret_value() == secret
+    assert stat.S_IMODE((tmp_path / "jwt_secret").stat().st_mode) == 0o600
+
+
+def test_jwt_secret_from_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTRAITKIT_JWT_SECRET", "from-env")
+
+    assert Settings().jwt_secret_value() == "from-env"
