@@ -175,3 +175,10 @@ def test_a_long_state_dir_gets_a_short_socket_dir(tmp_path: Path) -> None:
         assert select_one(url) == 1
     finally:
         embedded.stop()
+
+
+def test_stop_on_an_unused_state_dir_creates_nothing(tmp_path: Path) -> None:
+    state_dir = tmp_path / "never-used"
+
+    assert EmbeddedPostgres(state_dir).stop() is False
+    assert not state_dir.exists()

