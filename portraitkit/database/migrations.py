@@ -160,7 +160,8 @@ class Migrator:
             try:
                 return self._migrate_locked(conn)
             finally:
-                if not conn.closed:
+                # Explicitly: a session pooler may hand this backend to someone else.
+                if not conn.closed and not conn.broken:
                     conn.execute("select pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
 
     def _migrate_locked(self, conn: Connection) -> list[str]:
