@@ -9,15 +9,10 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from portraitkit.errors import ConfigurationError
 from portraitkit.secretfile import read_or_create_secret
 
 Mode = Literal["supabase", "postgres", "embedded"]
-
-
-class ConfigurationError(Exception):
-    """The environment names an incomplete or contradictory setup."""
-
-    code = "configuration_error"
 
 
 def _default_state_dir() -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from portraitkit.settings import ConfigurationError, Settings
+from portraitkit.errors import ConfigurationError
+from portraitkit.settings import Settings
 
 ENV = (
     "DATABASE_URL",

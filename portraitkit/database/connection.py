@@ -8,7 +8,8 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from portraitkit.database.embedded import EmbeddedPostgres
-from portraitkit.settings import ConfigurationError, Settings
+from portraitkit.errors import ConfigurationError
+from portraitkit.settings import Settings
 
 
 def embedded_server(settings: Settings) -> EmbeddedPostgres:

@@ -80,7 +80,8 @@ class MigrationFile:
     path: Path
 
     def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+        # Bytes, not read_text(): the CLI records CRLF line endings as they are.
+        return self.path.read_bytes().decode("utf-8")
 
 
 @dataclass(frozen=True)
