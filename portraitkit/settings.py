@@ -70,12 +70,12 @@ class Settings(BaseSettings):
         return "embedded"
 
     def jwt_secret_value(self) -> str:
-        """The secret that signs local JWTs; embedded mode makes one and keeps it."""
+        """The secret that signs local JWTs (direct-Postgres modes).
+
+        PORTRAITKIT_JWT_SECRET when set (use the Supabase project's JWT secret when
+        DATABASE_URL points at one, so the tokens are valid there too); otherwise one is
+        made once and kept in the state directory.
+        """
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
-        if self.mode != "embedded":
-            raise ConfigurationError(
-                "PORTRAITKIT_JWT_SECRET is required outside embedded mode "
-                "(use the project's JWT secret)"
-            )
         return read_or_create_secret(self.state_dir / "jwt_secret", nbytes=32)
