@@ -68,6 +68,13 @@ class DatabaseUnavailable(PortraitkitError):
     http_status = 503
 
 
+class TransportTimeout(DatabaseUnavailable):
+    """The API did not answer in time (after the retries a safe call is allowed)."""
+
+    code = "timeout"
+    http_status = 504
+
+
 class NotAuthenticated(PortraitkitError):
     """A user function was called without a signed-in user."""
 
@@ -203,7 +210,7 @@ def error_from_payload(
             kind = NotAuthenticated if http_status == 401 else NotAllowed
         elif code.startswith("08") or code == "57P01":
             kind = DatabaseUnavailable
-        elif code in ("PGRST301", "PGRST302"):
+        elif code in ("PGRST301", "PGRST302", "PGRST303"):
             kind = NotAuthenticated
     if kind is None:
         return PortraitkitError(
@@ -213,12 +220,17 @@ def error_from_payload(
 
 
 def error_from_postgres(
-    sqlstate: str | None, message: str | None, detail: str | None, hint: str | None
+    sqlstate: str | None,
+    message: str | None,
+    detail: str | None,
+    hint: str | None,
+    http_status: int | None = None,
 ) -> PortraitkitError:
     """The typed exception for an error raised inside PostgreSQL (direct transport).
 
     A ``PGRST`` error carries PostgREST's response in its message and detail; decoding
-    them here gives exactly what the HTTP transport gets.
+    them here gives exactly what the HTTP transport gets. ``http_status`` is what
+    PostgREST would answer where it depends on the request (42501: 401 when anonymous).
     """
     if sqlstate == "PGRST" and message:
         try:
@@ -229,4 +241,4 @@ def error_from_postgres(
         return error_from_payload(
             body.get("code"), body.get("message"), body.get("details"), body.get("hint"), status
         )
-    return error_from_payload(sqlstate, message, detail, hint)
+    return error_from_payload(sqlstate, message, detail, hint, http_status)

@@ -6,6 +6,8 @@
 - `admin_conn`: a superuser connection to `database_url`, autocommit, closed after the test.
 - `empty_database_url`: a brand-new empty database on the same server, dropped afterwards;
   for tests that run migrations of their own.
+- `db_url`: a migrated database of the test module's own, cloned from a template (fast),
+  so the worker functions' global queue never sees another module's items.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
@@ -53,3 +56,29 @@ def empty_database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
     yield make_conninfo(server_url, dbname=name)
     with connect(server_url, autocommit=True) as conn:
         conn.execute(f'drop database "{name}" with (force)'.encode())
+
+
+TEMPLATE = "portraitkit_test_template"
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server: EmbeddedPostgres) -> str:
+    server_url = pg_server.ensure_running()
+    with connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TEMPLATE)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
+    url = make_conninfo(server_url, dbname=TEMPLATE)
+    Migrator(url, bootstrap=True).migrate()
+    return url
+
+
+@pytest.fixture(scope="module")
+def db_url(pg_server: EmbeddedPostgres, template_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    server_url = pg_server.ensure_running()
+    name = "t_" + request.module.__name__.rsplit(".", 1)[-1][:40] + "_" + uuid.uuid4().hex[:6]
+    with connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {} template {}").format(
+            sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    yield make_conninfo(server_url, dbname=name)
+    with connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -26,7 +26,8 @@ from portraitkit import errors
 from portraitkit.auth import LocalUser
 from portraitkit.client import PortraitClient
 from portraitkit.database.migrations import Migrator
-from portraitkit.transports.supabase import RetryPolicy, SupabaseTransport, TransportTimeout
+from portraitkit.errors import TransportTimeout
+from portraitkit.transports.supabase import RetryPolicy, SupabaseTransport
 from tests.gateway import Gateway
 
 pytestmark = pytest.mark.anyio

@@ -52,11 +52,14 @@ def shape(function: str, description: Any, rows: list[dict[str, Any]]) -> Any:
     return rows
 
 
-def translate(exc: psycopg.Error) -> PortraitkitError:
-    """The typed exception for a database error, as the HTTP transport would see it."""
+def translate(exc: psycopg.Error, role: str | None = None) -> PortraitkitError:
+    """The typed exception for a database error, as the HTTP transport would see it
+    (PostgREST answers a privilege error 401 to an anonymous caller, 403 otherwise)."""
     diag = exc.diag
+    status = (401 if role == ANON_ROLE else 403) if exc.sqlstate == "42501" else None
     return error_from_postgres(
-        exc.sqlstate, diag.message_primary or str(exc), diag.message_detail, diag.message_hint
+        exc.sqlstate, diag.message_primary or str(exc), diag.message_detail, diag.message_hint,
+        status,
     )
 
 
@@ -72,13 +75,14 @@ def call(
     ``claims`` are a verified JWT's claims; none means the anonymous role.
     """
     args = args or {}
+    role, claims_json = request_settings(claims)
     try:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(SET_REQUEST, request_settings(claims))
+            cur.execute(SET_REQUEST, (role, claims_json))
             cur.execute(statement(function, args), parameters(args))
             return shape(function, cur.description, cur.fetchall())
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        raise translate(exc, role) from exc
 
 
 async def acall(
@@ -90,13 +94,14 @@ async def acall(
 ) -> Any:
     """The async twin of :func:`call`."""
     args = args or {}
+    role, claims_json = request_settings(claims)
     try:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(SET_REQUEST, request_settings(claims))
+            await cur.execute(SET_REQUEST, (role, claims_json))
             await cur.execute(statement(function, args), parameters(args))
             return shape(function, cur.description, await cur.fetchall())
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        raise translate(exc, role) from exc
 
 
 async def aselect(
@@ -107,10 +112,11 @@ async def aselect(
     claims: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read rows as the claims' role (RLS applies), as a PostgREST GET would."""
+    role, claims_json = request_settings(claims)
     try:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(SET_REQUEST, request_settings(claims))
+            await cur.execute(SET_REQUEST, (role, claims_json))
             await cur.execute(query, params)
             return await cur.fetchall()
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        raise translate(exc, role) from exc

@@ -34,6 +34,7 @@ from portraitkit.errors import (
     DatabaseUnavailable,
     NotAuthenticated,
     PortraitkitError,
+    TransportTimeout,
     error_from_payload,
 )
 from portraitkit.storage import DEFAULT_BUCKET, SupabaseStorage
@@ -56,13 +57,6 @@ _last_status: ContextVar[int | None] = ContextVar("portraitkit_last_status", def
 
 async def _record_status(response: httpx.Response) -> None:
     _last_status.set(response.status_code)
-
-
-class TransportTimeout(DatabaseUnavailable):
-    """The API did not answer in time (after the retries a safe call is allowed)."""
-
-    code = "timeout"
-    http_status = 504
 
 
 @dataclass(frozen=True)

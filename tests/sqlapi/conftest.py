@@ -1,8 +1,7 @@
-"""Fixtures for the SQL contract's tests: isolated databases and actors in each role.
+"""Fixtures for the SQL contract's tests: actors in each role.
 
-Each test module gets its own database cloned from a migrated template (fast, and the
-worker functions' global queue never sees another module's items). An actor runs SQL the
-way PostgREST would for a request carrying its JWT claims.
+An actor runs SQL the way PostgREST would for a request carrying its JWT claims; each
+module's database (`db_url`, from tests/conftest.py) is its own clone of the schema.
 """
 
 from __future__ import annotations
@@ -14,42 +13,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from portraitkit.database import rpc
-from portraitkit.database.migrations import Migrator
-
-TEMPLATE = "portraitkit_sqlapi_template"
-
-
-def _with_db(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
-
-
-@pytest.fixture(scope="session")
-def template_url(database_url: str) -> str:
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TEMPLATE)))
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
-    url = _with_db(database_url, TEMPLATE)
-    Migrator(url).migrate()
-    return url
-
-
-@pytest.fixture(scope="module")
-def db_url(database_url: str, template_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = "t_" + request.module.__name__.rsplit(".", 1)[-1][:40] + "_" + uuid.uuid4().hex[:6]
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(TEMPLATE)
-            )
-        )
-    yield _with_db(database_url, name)
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-
 
 @pytest.fixture
 def admin(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:

@@ -179,7 +179,7 @@ def test_error_details_are_machine_readable(make_user: Any) -> None:
 
 
 def test_anonymous_caller_cannot_create(anon: Any) -> None:
-    with pytest.raises(errors.NotAllowed):
+    with pytest.raises(errors.NotAuthenticated):
         anon.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png")
 
 
