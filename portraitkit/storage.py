@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from portraitkit.errors import InvalidInput
+from portraitkit.errors import DatabaseUnavailable, InvalidInput, NotAllowed, NotFound, PortraitkitError
 
 DEFAULT_BUCKET = "portraits"
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
@@ -31,6 +31,12 @@ class InvalidImage(InvalidInput):
     """The source is not an image we can stylise (format, size or pixel count)."""
 
     code = "invalid_image"
+
+
+class ObjectNotFound(NotFound):
+    """No object at that path (or not one this identity may see)."""
+
+    code = "object_not_found"
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,10 @@ class LocalStorage:
         os.replace(tmp, target)  # readers never see half a file
 
     async def get(self, path: str) -> bytes:
-        return await asyncio.to_thread(self._file(path).read_bytes)
+        try:
+            return await asyncio.to_thread(self._file(path).read_bytes)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"No stored object at {path!r}.", details={"path": path}) from exc
 
     async def remove(self, paths: list[str]) -> None:
         for path in paths:
@@ -136,6 +145,20 @@ class LocalStorage:
 
     async def url(self, path: str, expires_in: int = 3600) -> str:
         return self._file(path).as_uri()
+
+
+def _storage_error(exc: Exception, path: str) -> PortraitkitError:
+    """storage3's StorageApiError (status as a string, e.g. "404") as a typed error."""
+    status = str(getattr(exc, "status", "") or "")
+    message = str(getattr(exc, "message", "") or exc)
+    details = {"path": path, "status": status}
+    if status == "404":
+        return ObjectNotFound(f"No stored object at {path!r}.", details=details)
+    if status in ("401", "403"):
+        return NotAllowed(f"Storage refused access to {path!r}: {message}", details=details)
+    if status.startswith("5") or not status:
+        return DatabaseUnavailable(f"Storage is unavailable: {message}", details=details)
+    return PortraitkitError(message, details=details, code="storage_error", http_status=int(status))
 
 
 class SupabaseStorage:
@@ -149,17 +172,27 @@ class SupabaseStorage:
         return self._client.from_(self.bucket)
 
     async def put(self, path: str, data: bytes, content_type: str) -> None:
-        await self._bucket().upload(
-            path, data, {"content-type": content_type, "upsert": "true"}
-        )
+        try:
+            await self._bucket().upload(path, data, {"content-type": content_type, "upsert": "true"})
+        except Exception as exc:
+            raise _storage_error(exc, path) from exc
 
     async def get(self, path: str) -> bytes:
-        return bytes(await self._bucket().download(path))
+        try:
+            return bytes(await self._bucket().download(path))
+        except Exception as exc:
+            raise _storage_error(exc, path) from exc
 
     async def remove(self, paths: list[str]) -> None:
         if paths:
-            await self._bucket().remove(paths)
+            try:
+                await self._bucket().remove(paths)
+            except Exception as exc:
+                raise _storage_error(exc, paths[0]) from exc
 
     async def url(self, path: str, expires_in: int = 3600) -> str:
-        signed = await self._bucket().create_signed_url(path, expires_in)
-        return str(signed["signedURL"] if "signedURL" in signed else signed["signedUrl"])
+        try:
+            signed = await self._bucket().create_signed_url(path, expires_in)
+        except Exception as exc:
+            raise _storage_error(exc, path) from exc
+        return str(signed["signedURL"])

@@ -20,13 +20,13 @@ import pytest
 import respx
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from storage3.exceptions import StorageApiError
 
 from portraitkit import errors
 from portraitkit.auth import LocalUser
 from portraitkit.client import PortraitClient
 from portraitkit.database.migrations import Migrator
 from portraitkit.errors import TransportTimeout
+from portraitkit.storage import ObjectNotFound
 from portraitkit.transports.supabase import RetryPolicy, SupabaseTransport
 from tests.gateway import Gateway
 
@@ -470,15 +470,15 @@ async def test_storage_round_trip_in_the_users_folder(
     async with httpx.AsyncClient() as http:
         assert (await http.get(url)).content == b"second"
     await storage.remove([path])
-    with pytest.raises(StorageApiError) as caught:
+    with pytest.raises(ObjectNotFound) as caught:
         await storage.get(path)
-    assert caught.value.status == "404"
+    assert caught.value.details["status"] == "404"
 
 
 async def test_storage_refuses_another_users_folder(
     transport: SupabaseTransport, gateway: Gateway
 ) -> None:
     other = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD)
-    with pytest.raises(StorageApiError) as caught:
+    with pytest.raises(errors.NotAllowed) as caught:
         await transport.storage().put(f"{other.id}/sources/photo.png", b"x", "image/png")
-    assert caught.value.status == "403"
+    assert caught.value.details["status"] == "403"
