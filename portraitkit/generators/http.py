@@ -161,7 +161,7 @@ class HttpGenerator:
 
     async def _wait(self, prediction: Prediction) -> Prediction:
         deadline = self._clock() + self.max_wait
-        poll_url = _poll_url(prediction, self.base_url)
+        poll_url: str | None = None
         while True:
             status = prediction.get("status")
             if status == "succeeded":
@@ -179,6 +179,7 @@ class HttpGenerator:
                     f"The prediction did not finish within {self.max_wait:g} s.",
                     details={"prediction": prediction.get("id"), "status": status},
                 )
+            poll_url = poll_url or _poll_url(prediction, self.base_url)
             await self._sleep(min(self.poll_interval, remaining))
             prediction = _json(await self._request("GET", poll_url))
 
