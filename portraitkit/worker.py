@@ -194,6 +194,10 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._completer.aclose()
+            for generator in self._generator_cache.values():
+                close = getattr(generator, "aclose", None)
+                if close is not None:
+                    await close()
         log.info("worker stopped", extra={"event": "stop", "worker": opts.worker_id, **vars(self.stats)})
         return self.stats
 
@@ -278,8 +282,11 @@ class Worker:
         except Exception as exc:
             outcome = await self._fail(item, exc)
         finally:
-            self._running.pop(key, None)
-            self._lost.discard(key)
+            # The item may already be claimed again (a retry, woken by the feed before this
+            # task ended): only forget the entry if it is still this task's.
+            if self._running.get(key) is asyncio.current_task():
+                del self._running[key]
+                self._lost.discard(key)
             self._slot_freed.set()
             log.info("item %s", outcome, extra={
                 "event": "item", "item": key, "batch": str(item.batch_id), "style": item.style_key,
