@@ -175,7 +175,6 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; in-flight items get the grace period to finish."""
         self._stopping.set()
-        self._slot_freed.set()
 
     async def run(self, *, once: bool = False) -> WorkerStats:
         opts = self.options
@@ -238,17 +237,22 @@ class Worker:
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
         if len(self._running) >= self.options.concurrency:
-            await self._slot_freed.wait()
+            await self._until(self._slot_freed.wait())
 
     async def _wait_for_work(self) -> None:
         """Until the feed rings, a slot frees, or the poll interval (with jitter) ends."""
         self._slot_freed.clear()
         timeout = self.options.poll_seconds * (0.8 + random.random() * 0.4)
-        slot = asyncio.create_task(self._slot_freed.wait())
-        bell = asyncio.create_task(self.feed.wait(timeout))
-        await asyncio.wait({slot, bell}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (slot, bell):
-            task.cancel()
+        await self._until(self._slot_freed.wait(), self.feed.wait(timeout))
+
+    async def _until(self, *waits: Any) -> None:
+        """Whichever comes first of ``waits`` and a stop request."""
+        tasks = {asyncio.ensure_future(w) for w in (*waits, self._stopping.wait())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     def _generator(self, name: str) -> Generator:
         if name not in self._generator_cache:
