@@ -171,6 +171,7 @@ class Worker:
         self._lost: set[str] = set()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._claim_threshold = max(1, self.options.concurrency // 4)
 
     def stop(self) -> None:
         """Stop claiming; in-flight items get the grace period to finish."""
@@ -228,16 +229,20 @@ class Worker:
                     self._running[key] = asyncio.create_task(self._process(item), name=key)
             if once and not claimed and not self._running:
                 return
-            if len(self._running) >= opts.concurrency:
+            if opts.concurrency - len(self._running) < self._claim_threshold:
                 await self._wait_for_slot()
             elif not claimed or len(claimed) < free:
                 await self._wait_for_work()
             # else: every slot asked for was filled; there may be more right away
 
     async def _wait_for_slot(self) -> None:
-        self._slot_freed.clear()
-        if len(self._running) >= self.options.concurrency:
+        """Until enough slots are free to claim a worthwhile batch (a quarter of them):
+        claiming one item per finished item would cost a transaction per item."""
+        while self.options.concurrency - len(self._running) < self._claim_threshold:
+            self._slot_freed.clear()
             await self._until(self._slot_freed.wait())
+            if self._stopping.is_set():
+                return
 
     async def _wait_for_work(self) -> None:
         """Until the feed rings, a slot frees, or the poll interval (with jitter) ends."""
