@@ -93,20 +93,26 @@ begin
      order by r.queued_at, r.batch_id, r.position
      limit max_items
   )
-  update public.generations g
-     set status = 'processing',
-         attempts = g.attempts + 1,
-         started_at = now(),
-         finished_at = null,
-         lease_owner = claim_generations.worker_id,
-         lease_expires_at = now() + lease,
-         updated_at = now()
-    from chosen c, public.styles s, public.generation_batches b
-   where g.id = c.id and s.key = g.style_key and b.id = g.batch_id
-  returning g.id, g.batch_id, g.user_id, g.style_key, s.generator, s.model,
-            replace(s.prompt_template, '{prompt}', coalesce(g.custom_prompt, '')),
-            g.custom_prompt, b.original_image_url, g.attempts, g.max_attempts,
-            g.lease_expires_at;
+  , claimed as (
+    update public.generations g
+       set status = 'processing',
+           attempts = g.attempts + 1,
+           started_at = now(),
+           finished_at = null,
+           lease_owner = claim_generations.worker_id,
+           lease_expires_at = now() + lease,
+           updated_at = now()
+     where g.id = any (array(select c.id from chosen c))
+    returning g.id, g.batch_id, g.user_id, g.style_key, g.custom_prompt, g.attempts,
+              g.max_attempts, g.lease_expires_at, g.queued_at, g.position
+  )
+  select c.id, c.batch_id, c.user_id, c.style_key, s.generator, s.model,
+         replace(s.prompt_template, '{prompt}', coalesce(c.custom_prompt, '')),
+         c.custom_prompt, b.original_image_url, c.attempts, c.max_attempts, c.lease_expires_at
+    from claimed c
+    join public.styles s on s.key = c.style_key
+    join public.generation_batches b on b.id = c.batch_id
+   order by c.queued_at, c.batch_id, c.position;
 end
 $$;
 
