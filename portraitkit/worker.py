@@ -297,10 +297,11 @@ class Worker:
                 del self._running[key]
                 self._lost.discard(key)
             self._slot_freed.set()
-            log.info("item %s", outcome, extra={
-                "event": "item", "item": key, "batch": str(item.batch_id), "style": item.style_key,
-                "attempt": item.attempts, "duration_ms": round((time.perf_counter() - started) * 1000),
-                "outcome": outcome})
+            if log.isEnabledFor(logging.INFO):
+                log.info("item %s", outcome, extra={
+                    "event": "item", "item": key, "batch": str(item.batch_id),
+                    "style": item.style_key, "attempt": item.attempts,
+                    "duration_ms": round((time.perf_counter() - started) * 1000), "outcome": outcome})
 
     async def _fail(self, item: ClaimedGeneration, exc: Exception) -> str:
         retryable = not isinstance(exc, PermanentGenerationError)
