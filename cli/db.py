@@ -8,9 +8,11 @@ import typer
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.table import Table
 
-from portraitkit.database.connection import embedded_server
+from portraitkit.database.connection import embedded_server, resolve_database_url
 from portraitkit.database.embedded import EmbeddedStatus
 from portraitkit.database.lifecycle import DatabaseReady, DatabaseReport, bring_up, describe
+from portraitkit.database.reset import new_migration, reset_database, reset_target
+from portraitkit.errors import ConfigurationError, PortraitkitError
 
 from .context import CliContext, cli_context
 from .output import console, emit_json
@@ -20,14 +22,25 @@ app = typer.Typer(help="Run and migrate the database.", no_args_is_help=True)
 
 @app.command()
 def up(ctx: typer.Context) -> None:
-    """Start the embedded server (unless DATABASE_URL is set) and apply pending migrations."""
+    """Start the embedded server (unless DATABASE_URL is set) and apply pending migrations.
+
+    Examples:
+
+      portraitkit db up
+      portraitkit --state-dir /tmp/pk db up --json
+    """
     options = cli_context(ctx)
     render_up(options, bring_up(options.settings()))
 
 
 @app.command()
 def stop(ctx: typer.Context) -> None:
-    """Stop the embedded server of the state directory."""
+    """Stop the embedded server of the state directory (its data stays).
+
+    Example:
+
+      portraitkit db stop
+    """
     options = cli_context(ctx)
     server = embedded_server(options.settings())
     stopped = server.stop()
@@ -39,25 +52,103 @@ def stop(ctx: typer.Context) -> None:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show the server, the state directory and applied/pending migrations."""
+    """Show the server, the state directory and applied/pending migrations.
+
+    Examples:
+
+      portraitkit db status
+      portraitkit db status --database-url postgresql://user:pass@host/db --json
+    """
     options = cli_context(ctx)
     render_status(options, describe(options.settings()))
 
 
 @app.command()
-def migrate(
-    ctx: typer.Context,
-    database_url: Annotated[
-        str | None, typer.Option("--database-url", help="Migrate this database instead.")
-    ] = None,
-) -> None:
-    """Apply pending migrations to the configured database, or to --database-url."""
+def migrate(ctx: typer.Context) -> None:
+    """Apply pending migrations to the configured database, or to --database-url.
+
+    Examples:
+
+      portraitkit db migrate
+      portraitkit db migrate --database-url postgresql://user:pass@host:5432/db
+    """
     options = cli_context(ctx)
-    ready = bring_up(options.settings(database_url))
+    ready = bring_up(options.settings())
     if options.json:
         emit_json({"mode": ready.mode, "applied": ready.applied})
     else:
         _print_applied(ready.applied)
+
+
+@app.command()
+def reset(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping.")] = False,
+    seed: Annotated[bool, typer.Option(help="Apply supabase/seed.sql afterwards.")] = True,
+) -> None:
+    """Drop the database with everything in it, then apply every migration and the seed.
+
+    Asks first (unless --yes). On the embedded database the stored images go too. Refuses
+    a Supabase database: use `supabase db reset` there.
+
+    Examples:
+
+      portraitkit db reset
+      portraitkit db reset --yes --no-seed --database-url postgresql://localhost/scratch
+    """
+    options = cli_context(ctx)
+    settings = options.settings()
+    if settings.mode == "supabase":
+        raise ConfigurationError(
+            "db reset works on the embedded database or DATABASE_URL; "
+            "for a Supabase project use `supabase db reset`."
+        )
+    url = resolve_database_url(settings)
+    target = reset_target(url)
+    if not yes and not _confirm(f"Drop {target} with every user, batch and credit in it?"):
+        raise PortraitkitError(
+            "Nothing was dropped (pass --yes to skip the question).", code="reset_declined"
+        )
+    storage = settings.state_dir / "storage" if settings.mode == "embedded" else None
+    outcome = reset_database(url, seed=seed, storage_dir=storage)
+    if options.json:
+        emit_json(
+            {"database": target.database, "applied": outcome.applied, "seeded": outcome.seeded}
+        )
+    else:
+        console().print(f"[bold]reset[/bold]     {target}")
+        _print_applied(outcome.applied)
+        if outcome.seeded:
+            console().print("[bold]seeded[/bold]    supabase/seed.sql")
+
+
+@app.command()
+def new(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="What the migration does, e.g. add_user_avatars.")],
+) -> None:
+    """Create an empty migration, supabase/migrations/<YYYYMMDDHHMMSS>_<name>.sql.
+
+    Named as `supabase migration new` names them (UTC time), in the project around the
+    current folder.
+
+    Example:
+
+      portraitkit db new add_user_avatars
+    """
+    options = cli_context(ctx)
+    path = new_migration(name)
+    if options.json:
+        emit_json({"path": str(path), "version": path.name.split("_", 1)[0]})
+    else:
+        console().print(f"[bold]created[/bold]   {path}")
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return typer.confirm(question, err=True)
+    except typer.Abort:  # no answer (stdin closed): the safe one
+        return False
 
 
 def render_up(options: CliContext, ready: DatabaseReady) -> None:

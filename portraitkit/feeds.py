@@ -55,12 +55,18 @@ class PollingFeed(_Doorbell):
 
 
 class NotifyFeed(_Doorbell):
-    """LISTEN on a channel over a dedicated session connection, reconnecting with backoff."""
+    """LISTEN on a channel over a dedicated session connection, reconnecting with backoff.
 
-    def __init__(self, conninfo: str, channel: str = GENERATIONS_CHANNEL, *, max_backoff: float = 10.0):
+    ``payload``, when given, rings only for notifications carrying it (e.g. one batch's id
+    on ``portraitkit_batches``), so a watcher of one batch ignores everyone else's.
+    """
+
+    def __init__(self, conninfo: str, channel: str = GENERATIONS_CHANNEL, *,
+                 max_backoff: float = 10.0, payload: str | None = None):
         super().__init__()
         self.conninfo = conninfo
         self.channel = channel
+        self.payload = payload
         self.max_backoff = max_backoff
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -80,8 +86,9 @@ class NotifyFeed(_Doorbell):
                     self.connected.set()
                     self.ring()  # anything may have happened while we were away
                     delay = 0.2
-                    async for _ in conn.notifies():
-                        self.ring()
+                    async for notify in conn.notifies():
+                        if self.payload is None or notify.payload == self.payload:
+                            self.ring()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: wait, then listen again

@@ -1,0 +1,178 @@
+"""Operator tasks: local user accounts, credit grants, and the identities they run as.
+
+User accounts here are the local identities of :mod:`portraitkit.auth` (rows in
+``auth.users`` on the embedded database or a DATABASE_URL), managed over the superuser
+connection. Credit grants go through the SQL contract's ``grant_credits`` as the service
+role, so each one is written to the ledger like any other credit change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict
+
+from portraitkit.auth import LocalUser, create_local_user, find_local_user, issue_service_token
+from portraitkit.client import PortraitClient
+from portraitkit.database.connection import connect
+from portraitkit.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from portraitkit.session import database_url
+from portraitkit.settings import Settings
+from portraitkit.storage import LocalStorage
+from portraitkit.transports.postgres import PostgresTransport, make_pool
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class UserExists(Conflict):
+    code = "user_exists"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class UserAccount(BaseModel):
+    """A user as `portraitkit users list` shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    email: str
+    balance: int
+    starting_credits: int
+    batches: int
+    created_at: datetime
+
+
+ACCOUNTS = """
+select u.id, coalesce(u.email, '') as email, p.total_credits as balance, p.starting_credits,
+       (select count(*) from public.generation_batches b where b.user_id = u.id)::int as batches,
+       u.created_at
+  from auth.users u
+  join public.profiles p on p.id = u.id
+"""
+
+
+def _direct_url(settings: Settings, what: str) -> str:
+    if settings.mode == "supabase":
+        raise ConfigurationError(
+            f"{what} works on the embedded database or a DATABASE_URL; on a Supabase project "
+            "users sign up through Supabase Auth (or set DATABASE_URL to its database)."
+        )
+    return database_url(settings)
+
+
+def _account(conn: psycopg.Connection[Any], user_id: UUID) -> UserAccount:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(ACCOUNTS + " where u.id = %s", (user_id,)).fetchone()
+    if row is None:
+        raise UserNotFound(f"No user {user_id}.", details={"user": str(user_id)})
+    return UserAccount.model_validate(row)
+
+
+def create_user(settings: Settings, email: str, credits: int | None = None) -> UserAccount:
+    """Create a local user (with ``credits`` as its starting balance instead of the trial)."""
+    if not EMAIL.match(email):
+        raise InvalidInput(f"{email!r} is not an email address.", details={"field": "email"})
+    if credits is not None and credits < 0:
+        raise InvalidInput("credits must be 0 or more.", details={"field": "credits"})
+    with connect(_direct_url(settings, "users create"), autocommit=True) as conn:
+        if find_local_user(conn, email) is not None:
+            raise UserExists(f"A user {email!r} already exists.", details={"email": email})
+        try:
+            user = create_local_user(conn, email, credits)
+        except psycopg.errors.UniqueViolation as exc:  # created meanwhile by someone else
+            raise UserExists(f"A user {email!r} already exists.", details={"email": email}) from exc
+        return _account(conn, user.id)
+
+
+def list_users(settings: Settings) -> list[UserAccount]:
+    """Every local user with a profile, oldest first."""
+    with (
+        connect(_direct_url(settings, "users list"), autocommit=True) as conn,
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
+        rows = cur.execute(ACCOUNTS + " order by u.created_at, u.email").fetchall()
+    return [UserAccount.model_validate(r) for r in rows]
+
+
+def find_user(settings: Settings, email_or_id: str) -> LocalUser:
+    """A local user by email or id."""
+    with connect(_direct_url(settings, "Looking up a user"), autocommit=True) as conn:
+        user = find_local_user(conn, email_or_id)
+    if user is None:
+        raise UserNotFound(
+            f"No user {email_or_id!r}: create one with `portraitkit users create EMAIL`.",
+            details={"user": email_or_id},
+        )
+    return user
+
+
+def get_account(settings: Settings, user_id: UUID) -> UserAccount:
+    with connect(_direct_url(settings, "Reading a user"), autocommit=True) as conn:
+        return _account(conn, user_id)
+
+
+async def open_service_client(settings: Settings) -> PortraitClient:
+    """A client holding the service role (what SUPABASE_SERVICE_ROLE_KEY is on Supabase)."""
+    if settings.mode == "supabase":
+        from portraitkit.transports.supabase import SupabaseTransport
+
+        if settings.supabase_url is None or settings.supabase_service_role_key is None:
+            raise ConfigurationError("This needs SUPABASE_SERVICE_ROLE_KEY on a Supabase project.")
+        transport: Any = await SupabaseTransport.service(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+        return PortraitClient(transport, transport.storage())
+    token = issue_service_token(settings.jwt_secret_value())
+    return await _direct_client(settings, token)
+
+
+async def open_anonymous_client(settings: Settings) -> PortraitClient:
+    """A client with no user: enough for what ``anon`` may read (the styles catalogue)."""
+    if settings.mode == "supabase":
+        from portraitkit.transports.supabase import SupabaseTransport
+
+        if settings.supabase_url is None or settings.supabase_anon_key is None:
+            raise ConfigurationError("This needs SUPABASE_ANON_KEY on a Supabase project.")
+        transport: Any = await SupabaseTransport.connect(
+            settings.supabase_url, settings.supabase_anon_key.get_secret_value()
+        )
+        return PortraitClient(transport, transport.storage())
+    return await _direct_client(settings, None)
+
+
+async def _direct_client(settings: Settings, token: str | None) -> PortraitClient:
+    url = await asyncio.to_thread(database_url, settings)
+    pool = make_pool(url, max_size=2)
+    await pool.open()
+    transport = PostgresTransport(pool, lambda: token, settings.jwt_secret_value(), owns_pool=True)
+    return PortraitClient(transport, LocalStorage(settings.state_dir / "storage"))
+
+
+async def grant_credits(settings: Settings, user: str, amount: int, note: str | None = None) -> int:
+    """Add credits to a user's balance as the service role; returns the new balance.
+
+    ``user`` is an email or id locally; on Supabase, the user's id.
+    """
+    if settings.mode == "supabase":
+        try:
+            user_id = str(UUID(user))
+        except ValueError as exc:
+            raise InvalidInput(
+                "On a Supabase project, name the user by id.", details={"field": "user"}
+            ) from exc
+    else:
+        user_id = str((await asyncio.to_thread(find_user, settings, user)).id)
+    async with await open_service_client(settings) as client:
+        balance = await client.transport.rpc(
+            "grant_credits", {"user_id": user_id, "amount": amount, "note": note}
+        )
+    return int(balance)

@@ -1,0 +1,87 @@
+"""Follow one batch until it ends: snapshots driven by the change feed, not a tight poll.
+
+The feed is only a doorbell (see :mod:`portraitkit.feeds`): each ring means "read the
+batch again", and a timeout (the backstop) re-reads anyway, so a lost notification costs
+at most one backstop interval. Direct Postgres rings through LISTEN on
+``portraitkit_batches`` (the payload is the batch id); Supabase through Realtime updates of
+that one ``generation_batches`` row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from portraitkit.client import PortraitClient
+from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
+from portraitkit.models import Batch
+from portraitkit.session import database_url
+from portraitkit.settings import Settings
+
+log = logging.getLogger("portraitkit.watch")
+
+BATCHES_CHANNEL = "portraitkit_batches"
+BACKSTOP_SECONDS = 2.0
+MIN_INTERVAL_SECONDS = 0.05  # a burst of rings costs one read, not one per ring
+
+
+async def watch_batch(
+    client: PortraitClient,
+    batch_id: UUID | str,
+    feed: Feed,
+    *,
+    backstop: float = BACKSTOP_SECONDS,
+    min_interval: float = MIN_INTERVAL_SECONDS,
+) -> AsyncIterator[Batch]:
+    """Yield the batch now, then each time it changes; the last snapshot is the final one.
+
+    Raises :class:`~portraitkit.errors.BatchNotFound` if the batch is not (or no longer)
+    the user's, e.g. deleted while watched.
+    """
+    last: Batch | None = None
+    while True:
+        read_at = time.monotonic()
+        batch = await client.get_batch(batch_id)
+        if batch != last:
+            yield batch
+            last = batch
+        if batch.status.is_final:
+            return
+        await feed.wait(backstop)
+        pause = min_interval - (time.monotonic() - read_at)
+        if pause > 0:
+            await asyncio.sleep(pause)
+
+
+@contextlib.asynccontextmanager
+async def batch_feed(
+    settings: Settings, client: PortraitClient, batch_id: UUID | str
+) -> AsyncIterator[Feed]:
+    """The doorbell for one batch on whichever database the settings name.
+
+    If Realtime cannot be subscribed, the watch still works on the backstop alone.
+    """
+    feed: Feed
+    if settings.mode == "supabase":
+        supabase_client = getattr(client.transport, "client", None)
+        try:
+            feed = await RealtimeFeed(
+                supabase_client,
+                table="generation_batches",
+                event="UPDATE",
+                filter=f"id=eq.{batch_id}",
+            ).start()
+        except Exception as exc:  # a doorbell only: the backstop still finds every change
+            log.warning("realtime unavailable, polling only: %s", exc)
+            feed = PollingFeed()
+    else:
+        url = await asyncio.to_thread(database_url, settings)
+        feed = await NotifyFeed(url, BATCHES_CHANNEL, payload=str(batch_id)).start()
+    try:
+        yield feed
+    finally:
+        await feed.aclose()
