@@ -13,7 +13,6 @@ import typer
 
 from portraitkit.client import PortraitClient
 from portraitkit.contact_sheet import write_contact_sheet
-from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import Batch, BatchPage, BatchStatus
 from portraitkit.storage import LocalStorage
 from portraitkit.watch import BACKSTOP_SECONDS, batch_feed, watch_batch
@@ -84,7 +83,7 @@ def create(
 
     async def create_batch() -> tuple[Batch, int]:
         async with options.user_client(user) as client:
-            source = image if image is not None else sample_portrait_png()
+            source = image if image is not None else _sample_photo()
             batch_id = await client.create_batch(keys, source, custom_prompt=prompt)
             return await client.get_batch(batch_id), await client.balance()
 
@@ -107,6 +106,13 @@ def create(
     out.print(
         f"next: portraitkit worker --once, then portraitkit batches show {batch.id} --user {user}"
     )
+
+
+def _sample_photo() -> bytes:
+    # Imported here: drawing needs NumPy, which every other command can do without.
+    from portraitkit.generators.sample import sample_portrait_png
+
+    return sample_portrait_png()
 
 
 @app.command("list")

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from portraitkit.demo import DEMO_EMAIL, run_demo
 from portraitkit.service import run_worker
 from portraitkit.worker import WorkerOptions
 
@@ -79,6 +78,8 @@ def demo(ctx: typer.Context) -> None:
       portraitkit --state-dir /tmp/portraitkit-demo demo
       portraitkit demo --json
     """
+    from portraitkit.demo import DEMO_EMAIL, run_demo  # NumPy and OpenCV: only when needed
+
     options = cli_context(ctx)
     out = console()
     with render.BatchView(out) as view:

@@ -1,0 +1,96 @@
+"""`portraitkit demo` as a real process on an empty state directory, as a newcomer runs it;
+then again; then the embedded database it left behind, through `batches list/show`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import FOREIGN_ENV, Cli
+
+PORTRAITKIT = Path(sys.executable).parent / "portraitkit"
+DEMO_USER = "demo@portraitkit.local"
+
+
+def portraitkit(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+    return subprocess.run(
+        [str(PORTRAITKIT), "--state-dir", str(state_dir), *args],
+        cwd=state_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def decodes(path: Path) -> bool:
+    with Image.open(path) as image:
+        image.verify()
+    return True
+
+
+@dataclass
+class FirstRun:
+    state_dir: Path
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstRun]:
+    state_dir = tmp_path_factory.mktemp("demo") / "state"  # does not exist yet
+    started = time.monotonic()
+    result = portraitkit(state_dir, "demo")
+    yield FirstRun(state_dir, result, time.monotonic() - started)
+    portraitkit(state_dir, "db", "stop")
+
+
+def test_demo_makes_a_batch_of_portraits_from_nothing(first_run: FirstRun) -> None:
+    out = first_run.result.stdout
+
+    assert first_run.result.returncode == 0, first_run.result.stderr
+    assert first_run.seconds < 60
+    summary = next(
+        line for line in out.splitlines() if line.startswith("batch ") and " in " in line
+    )
+    assert summary.endswith(": 8/8 photos, 0 failed, 0 cancelled; 14 credits charged")
+    images = [Path(line.split()[-1]) for line in out.splitlines() if line.endswith(".png")]
+    sheet = Path(
+        next(line for line in out.splitlines() if line.startswith("contact sheet")).split()[-1]
+    )
+    assert len(images) == 9  # eight results and the contact sheet
+    assert all(decodes(path) for path in images)
+    assert sheet.parent == first_run.state_dir / "demo"
+    assert decodes(sheet)
+
+
+def test_demo_runs_again(first_run: FirstRun) -> None:
+    result = portraitkit(first_run.state_dir, "demo", "--json")
+
+    assert result.returncode == 0, result.stderr
+    batch = json.loads(result.stdout)
+    assert (batch["status"], batch["completed_count"], batch["total_count"]) == ("completed", 8, 8)
+    storage = first_run.state_dir / "storage" / "portraits"
+    assert all(decodes(storage / item["generated_image_url"]) for item in batch["items"])
+    assert decodes(first_run.state_dir / "demo" / f"contact-sheet-{batch['id']}.png")
+
+
+def test_the_demo_batch_is_in_the_gallery(first_run: FirstRun, clean_env: None) -> None:
+    cli = Cli(None, first_run.state_dir)  # embedded mode: the demo's own database
+
+    page = cli.json("batches", "list", "--user", DEMO_USER)
+    shown = cli.run("batches", "show", page["items"][0]["id"], "--user", DEMO_USER).stdout
+
+    assert {b["status"] for b in page["items"]} == {"completed"}
+    assert "Pencil Sketch" in shown and "Vintage Photo" in shown
+    assert str(first_run.state_dir / "storage" / "portraits") in shown
