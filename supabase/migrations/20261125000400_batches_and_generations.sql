@@ -71,7 +71,11 @@ create table public.generations (
 );
 
 -- (batch_id, position) is covered by the unique constraint's index.
-create index generations_user_id_idx on public.generations (user_id);
+-- (user_id, batch_id), not (user_id) alone: RLS adds user_id = (select auth.uid()) to every
+-- read of a batch's items, and with user_id alone the planner ANDs the user's whole index
+-- range with the batch's (200,000 entries per batch for a heavy user). It also covers the
+-- user_id foreign key and batch_stats.
+create index generations_user_batch_idx on public.generations (user_id, batch_id);
 create index generations_style_key_idx on public.generations (style_key);
 -- The queue: claims walk this partial index oldest first and never touch finished rows.
 create index generations_pending_queue_idx

@@ -178,7 +178,9 @@ $$;
 -- The gallery: the caller's batches newest first, a keyset page at a time.
 --
 -- `after` is the opaque `next_cursor` of the previous page. Reads one index range of
--- page_size + 1 rows whatever the gallery's size.
+-- page_size + 1 rows whatever the gallery's size or the page's depth. The first page uses
+-- a sentinel cursor and the status filter has its own query, so the cached generic plan
+-- always seeks with (user_id[, status], created_at, id) < cursor instead of filtering.
 create function public.list_batches(
   status public.batch_status default null,
   page_size integer default 20,
@@ -189,10 +191,10 @@ set search_path = ''
 as $$
 declare
   uid uuid := private.require_user();
-  after_created timestamptz;
-  after_id uuid;
+  after_created timestamptz := 'infinity';
+  after_id uuid := 'ffffffff-ffff-ffff-ffff-ffffffffffff';
+  page public.generation_batches[];
   page_items jsonb;
-  more boolean;
 begin
   if page_size is null or page_size not between 1 and 100 then
     perform private.raise_error('invalid_input', 400, 'page_size must be between 1 and 100.',
@@ -208,26 +210,28 @@ begin
     end;
   end if;
 
-  with page as (
-    select b
-      from public.generation_batches b
-     where b.user_id = uid
-       and (list_batches.status is null or b.status = list_batches.status)
-       and (after is null or (b.created_at, b.id) < (after_created, after_id))
-     order by b.created_at desc, b.id desc
-     limit page_size + 1
-  ), numbered as (
-    select p.b, row_number() over () as n from page p
-  )
-  select coalesce(jsonb_agg(private.batch_summary(n.b) order by n.n)
-                    filter (where n.n <= page_size), '[]'::jsonb),
-         count(*) > page_size
-    into page_items, more
-    from numbered n;
+  if list_batches.status is null then
+    page := array(
+      select b from public.generation_batches b
+       where b.user_id = uid and (b.created_at, b.id) < (after_created, after_id)
+       order by b.created_at desc, b.id desc
+       limit page_size + 1);
+  else
+    page := array(
+      select b from public.generation_batches b
+       where b.user_id = uid and b.status = list_batches.status
+         and (b.created_at, b.id) < (after_created, after_id)
+       order by b.created_at desc, b.id desc
+       limit page_size + 1);
+  end if;
+
+  select coalesce(jsonb_agg(private.batch_summary(page[i]) order by i), '[]'::jsonb)
+    into page_items
+    from generate_series(1, least(cardinality(page), page_size)) i;
 
   return jsonb_build_object(
     'items', page_items,
-    'next_cursor', case when more then
+    'next_cursor', case when cardinality(page) > page_size then
       (page_items -> -1 ->> 'created_at') || '|' || (page_items -> -1 ->> 'id') end);
 end
 $$;
