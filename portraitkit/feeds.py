@@ -39,8 +39,11 @@ class _Doorbell:
         self._rung.set()
 
     async def wait(self, timeout: float) -> bool:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that arrives as the bell rings, and the waiter would then carry on (Ctrl-C lost).
         try:
-            await asyncio.wait_for(self._rung.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._rung.wait()
         except TimeoutError:
             return False
         self._rung.clear()

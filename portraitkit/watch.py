@@ -27,6 +27,7 @@ log = logging.getLogger("portraitkit.watch")
 BATCHES_CHANNEL = "portraitkit_batches"
 BACKSTOP_SECONDS = 2.0
 MIN_INTERVAL_SECONDS = 0.05  # a burst of rings costs one read, not one per ring
+REALTIME_START_SECONDS = 3.0
 
 
 async def watch_batch(
@@ -63,20 +64,23 @@ async def batch_feed(
 ) -> AsyncIterator[Feed]:
     """The doorbell for one batch on whichever database the settings name.
 
-    If Realtime cannot be subscribed, the watch still works on the backstop alone.
+    If Realtime cannot be subscribed within a few seconds, the watch still works on the
+    backstop alone.
     """
     feed: Feed
     if settings.mode == "supabase":
-        supabase_client = getattr(client.transport, "client", None)
+        realtime = RealtimeFeed(
+            getattr(client.transport, "client", None),
+            table="generation_batches",
+            event="UPDATE",
+            filter=f"id=eq.{batch_id}",
+        )
         try:
-            feed = await RealtimeFeed(
-                supabase_client,
-                table="generation_batches",
-                event="UPDATE",
-                filter=f"id=eq.{batch_id}",
-            ).start()
+            # Bounded: supabase-py retries an unreachable Realtime for many seconds.
+            feed = await asyncio.wait_for(realtime.start(), REALTIME_START_SECONDS)
         except Exception as exc:  # a doorbell only: the backstop still finds every change
-            log.warning("realtime unavailable, polling only: %s", exc)
+            log.warning("realtime unavailable, polling only: %s", exc or type(exc).__name__)
+            await realtime.aclose()
             feed = PollingFeed()
     else:
         url = await asyncio.to_thread(database_url, settings)

@@ -46,9 +46,10 @@ class Cli:
 
     database_url: str | None
     state_dir: Path
+    global_args: tuple[str, ...] = ()
 
     def run(self, *args: str, code: int = 0, input: str | None = None) -> Result:
-        base = ["--state-dir", str(self.state_dir)]
+        base = ["--state-dir", str(self.state_dir), *self.global_args]
         if self.database_url:
             base += ["--database-url", self.database_url]
         result = CliRunner().invoke(app, [*base, *args], input=input, prog_name="portraitkit")

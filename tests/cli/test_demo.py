@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,3 +95,55 @@ def test_the_demo_batch_is_in_the_gallery(first_run: FirstRun, clean_env: None) 
     assert {b["status"] for b in page["items"]} == {"completed"}
     assert "Pencil Sketch" in shown and "Vintage Photo" in shown
     assert str(first_run.state_dir / "storage" / "portraits") in shown
+
+
+def test_every_user_command_works_on_the_embedded_database(
+    first_run: FirstRun, clean_env: None
+) -> None:
+    cli = Cli(None, first_run.state_dir)
+    email = f"embedded-{os.getpid()}@example.test"
+
+    cli.json("users", "create", email, "--credits", "3")
+    assert cli.json("credits", "grant", email, "4")["balance"] == 7
+    assert len(cli.json("styles")) == 15
+    kept = cli.json("batches", "create", "-u", email, "--sample", "-s", "noir,poster")["batch_id"]
+    dropped = cli.json("batches", "create", "-u", email, "--sample", "-s", "charcoal")["batch_id"]
+    assert cli.json("batches", "cancel", dropped, "-u", email)["refunded"] == 1
+    assert cli.json("worker", "--once", "--generator", "noop")["completed"] == 2
+    assert cli.json("batches", "watch", kept, "-u", email)["status"] == "completed"
+    assert cli.json("batches", "delete", dropped, "-u", email)["deleted"] is True
+    stats = cli.json("stats", "-u", email)
+    assert (stats["batches"], stats["completed"], stats["balance"]) == (1, 2, 5)
+    assert email in [u["email"] for u in cli.json("users", "list")]
+
+
+def test_ctrl_c_stops_watching_but_not_the_batch(first_run: FirstRun, clean_env: None) -> None:
+    cli = Cli(None, first_run.state_dir)
+    batch_id = cli.json("batches", "create", "-u", DEMO_USER, "--sample", "-s", "noir")["batch_id"]
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+    watcher = subprocess.Popen(
+        [
+            str(PORTRAITKIT),
+            "--state-dir",
+            str(first_run.state_dir),
+            "batches",
+            "watch",
+            batch_id,
+            "-u",
+            DEMO_USER,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    first_line = watcher.stdout.readline()  # no worker runs: the batch waits
+
+    watcher.send_signal(signal.SIGINT)
+    _out, err = watcher.communicate(timeout=30)
+
+    assert "Film Noir" in first_line
+    assert (watcher.returncode, err) == (130, "stopped watching; the batch goes on\n")
+    assert cli.json("batches", "show", batch_id, "-u", DEMO_USER)["status"] == "pending"
+    cli.run("batches", "cancel", batch_id, "-u", DEMO_USER)
