@@ -101,14 +101,14 @@ after the command. Exit codes: 0 ok, 1 error, 2 bad input, 3 configuration, 4 no
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(db.app, name="db")
+app.command("demo")(run.demo)
+app.command("styles")(catalogue.styles)
+app.command("worker")(run.worker)
+app.command("stats")(batches.stats)
+app.add_typer(batches.app, name="batches")
 app.add_typer(users.app, name="users")
 app.add_typer(users.credits_app, name="credits")
-app.add_typer(batches.app, name="batches")
-app.command("styles")(catalogue.styles)
-app.command("stats")(batches.stats)
-app.command("worker")(run.worker)
-app.command("demo")(run.demo)
+app.add_typer(db.app, name="db")
 
 
 @app.callback()

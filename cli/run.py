@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
 
+from portraitkit.logs import configure_logging
 from portraitkit.service import run_worker
 from portraitkit.worker import WorkerOptions
 
@@ -44,16 +44,8 @@ def worker(
       portraitkit worker --once --json
     """
     options = cli_context(ctx)
-    logging.basicConfig(
-        level=logging.INFO if options.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(verbose=options.verbose)  # its start and stop lines; every item with -v
     worker_options = WorkerOptions(concurrency=concurrency, generator=generator)
-    if not options.json:
-        console(stderr=True).print(
-            f"worker: concurrency {concurrency}"
-            + (", until the queue is empty" if once else "; Ctrl-C to stop")
-        )
     stats = run(run_worker(options.settings(), worker_options, once=once))
     if options.json:
         emit_json(vars(stats))
@@ -81,6 +73,8 @@ def demo(ctx: typer.Context) -> None:
     from portraitkit.demo import DEMO_EMAIL, run_demo  # NumPy and OpenCV: only when needed
 
     options = cli_context(ctx)
+    if options.verbose:
+        configure_logging(verbose=True)
     out = console()
     with render.BatchView(out) as view:
         update = (lambda _batch: None) if options.json else view.update

@@ -18,11 +18,12 @@ from uuid import UUID
 from portraitkit import admin
 from portraitkit.client import PortraitClient
 from portraitkit.contact_sheet import write_contact_sheet
+from portraitkit.database.lifecycle import bring_up
 from portraitkit.errors import ConfigurationError
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import Batch
 from portraitkit.service import open_worker
-from portraitkit.session import database_url, open_client
+from portraitkit.session import open_client
 from portraitkit.settings import Settings
 from portraitkit.storage import LocalStorage
 from portraitkit.watch import batch_feed, watch_batch
@@ -94,8 +95,8 @@ async def run_demo(
         raise ConfigurationError(
             "The demo runs on the embedded database or a DATABASE_URL, not on SUPABASE_URL."
         )
-    # Resolve (start, migrate) the database once; everything below then shares it.
-    url = await asyncio.to_thread(database_url, settings)
+    # Start (if embedded) and migrate the database once; everything below then shares it.
+    url = (await asyncio.to_thread(bring_up, settings)).url
     settings = settings.model_copy(update={"database_url": url})
     async with await admin.open_anonymous_client(settings) as anonymous:
         needed = await demo_cost(anonymous, styles)

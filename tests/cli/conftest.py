@@ -5,7 +5,9 @@ and users made through the CLI itself."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,16 @@ FOREIGN_ENV = (
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No database or identity from the environment or a .env file."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No database or identity from the environment or a .env file; afterwards, logging
+    as it was (`portraitkit worker` points the portraitkit logger at the runner's stderr)."""
     monkeypatch.chdir(tmp_path)
     for name in FOREIGN_ENV:
         monkeypatch.delenv(name, raising=False)
+    logger = logging.getLogger("portraitkit")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @dataclass
