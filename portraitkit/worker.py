@@ -204,6 +204,7 @@ class Worker:
     async def _claim_loop(self, once: bool) -> None:
         opts = self.options
         backoff = 0.2
+        empty_looks = 0
         while not self._stopping.is_set():
             free = opts.concurrency - len(self._running)
             claimed: list[Any] = []
@@ -228,7 +229,14 @@ class Worker:
                     self.stats.claimed += 1
                     self._running[key] = asyncio.create_task(self._process(item), name=key)
             if once and not claimed and not self._running:
-                return
+                # An empty claim can be a pending row another transaction holds for a moment
+                # (SKIP LOCKED skips it): only a second empty look ends a --once run.
+                if empty_looks:
+                    return
+                empty_looks += 1
+                await asyncio.sleep(0.05)
+                continue
+            empty_looks = 0
             if opts.concurrency - len(self._running) < self._claim_threshold:
                 await self._wait_for_slot()
             elif not claimed or len(claimed) < free:

@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,11 +30,16 @@ from portraitkit.database.migrations import Migrator
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg-session"))
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Outside pytest's basetemp on purpose: a pytest session starting meanwhile (another
+    # terminal) resets /tmp/pytest-of-<user> to 0700, and the server, running as its own
+    # unprivileged user when we are root, could then no longer reach its data directory.
+    state_dir = Path(tempfile.mkdtemp(prefix="portraitkit-test-"))
+    server = EmbeddedPostgres(state_dir)
     server.ensure_running()
     yield server
     server.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
