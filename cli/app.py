@@ -85,8 +85,7 @@ app = typer.Typer(
     cls=_PortraitkitGroup,
     help="""portraitkit: batch portrait generation on Supabase or a local PostgreSQL.
 
-With no DATABASE_URL or SUPABASE_URL, everything runs on an embedded PostgreSQL kept in
-the state directory, started on first use.
+With no DATABASE_URL or SUPABASE_URL, everything runs on an embedded PostgreSQL kept in the state directory, started on first use.
 
 Start here:
 
@@ -94,9 +93,7 @@ Start here:
   portraitkit batches list --user demo@portraitkit.local
   portraitkit batches show BATCH_ID --user demo@portraitkit.local
 
-Global options (--json, -v, --state-dir, --database-url, --supabase-url) may also come
-after the command. Exit codes: 0 ok, 1 error, 2 bad input, 3 configuration, 4 not found,
-5 not allowed, 6 insufficient credits, 7 database unavailable, 8 conflict, 130 interrupted.""",
+Global options (--json, -v, --state-dir, --database-url, --supabase-url) may also come after the command. Exit codes: 0 ok, 1 error, 2 bad input, 3 configuration, 4 not found, 5 not allowed, 6 insufficient credits, 7 database unavailable, 8 conflict, 130 interrupted.""",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
