@@ -67,17 +67,22 @@ def parser(description: str) -> argparse.ArgumentParser:
 @contextmanager
 def bench_database(database_url: str | None, name: str) -> Iterator[str]:
     """Yield the superuser URL of a new, migrated database that is gone afterwards."""
+    with bench_server(database_url, name) as server_url, scratch_database(server_url, name) as url:
+        yield url
+
+
+@contextmanager
+def bench_server(database_url: str | None, name: str) -> Iterator[str]:
+    """Yield a superuser URL of a server to make scratch databases on: `database_url`'s
+    server, or an embedded one in a temporary state directory, stopped and removed after."""
     if database_url:
-        with _scratch_database(database_url, name) as url:
-            yield url
+        yield database_url
         return
     state_dir = tempfile.mkdtemp(prefix=f"portraitkit-bench-{name}-")
     server = EmbeddedPostgres(state_dir)
     try:
         log.print(f"[dim]starting PostgreSQL in {state_dir}[/]")
-        server_url = server.ensure_running()
-        with _scratch_database(server_url, name) as url:
-            yield url
+        yield server.ensure_running()
     finally:
         try:
             server.stop()
@@ -86,13 +91,21 @@ def bench_database(database_url: str | None, name: str) -> Iterator[str]:
 
 
 @contextmanager
-def _scratch_database(server_url: str, name: str) -> Iterator[str]:
+def scratch_database(
+    server_url: str, name: str, *, migrate: bool = True, template: str | None = None
+) -> Iterator[str]:
+    """Yield the URL of a new database on the server (migrated, or a copy of `template`,
+    or empty with `migrate=False`), dropped afterwards."""
     dbname = f"portraitkit_bench_{name}_{uuid.uuid4().hex[:8]}"
+    create = sql.SQL("create database {}").format(sql.Identifier(dbname))
+    if template:
+        create += sql.SQL(" template {}").format(sql.Identifier(template))
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
+        admin.execute(create)
     url = psycopg.conninfo.make_conninfo(server_url, dbname=dbname)
     try:
-        Migrator(url).migrate()
+        if migrate and not template:
+            Migrator(url).migrate()
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
@@ -160,10 +173,10 @@ STATUS_MIX = {
 }
 
 
-def _kind_sql() -> str:
-    """SQL mapping a bucket 0..99 to a batch kind, following STATUS_MIX."""
+def _kind_sql(mix: Mapping[str, int] = STATUS_MIX) -> str:
+    """SQL mapping a bucket 0..99 to a batch kind, following `mix` (percent per kind)."""
     cases, upper = [], 0
-    for kind, share in STATUS_MIX.items():
+    for kind, share in mix.items():
         upper += share
         cases.append(f"when bucket < {upper} then '{kind}'")
     return "case " + " ".join(cases) + " end"
@@ -188,13 +201,19 @@ _ITEM_STATUS = """
 """
 
 
-def load_batches(conn: Connection, batches_per_user: Mapping[uuid.UUID, int], size: int) -> None:
+def load_batches(
+    conn: Connection,
+    batches_per_user: Mapping[uuid.UUID, int],
+    size: int,
+    mix: Mapping[str, int] = STATUS_MIX,
+) -> None:
     """Bulk-load finished-looking batches of `size` items each, as the superuser, fast.
 
     Triggers and foreign-key checks are off for the load (session_replication_role =
     replica), so the counters, status, cover and timestamps the trigger would keep are
     written in the same SQL, consistent with the items by construction. Batches of all
-    users are interleaved in time, one a minute back from now, kinds per STATUS_MIX.
+    users are interleaved in time, one a minute back from now, kinds per `mix` (a queue
+    to work through: ``{"pending": 100}``).
     """
     users = list(batches_per_user)
     counts = [batches_per_user[u] for u in users]
@@ -205,7 +224,7 @@ def load_batches(conn: Connection, batches_per_user: Mapping[uuid.UUID, int], si
             f"""
             create temp table seed_batches on commit drop as
             select id, user_id, n, now() - n * interval '1 minute' as created_at,
-                   {_kind_sql()} as kind
+                   {_kind_sql(mix)} as kind
               from (select gen_random_uuid() as id, o.user_id,
                            row_number() over (order by md5(o.user_id::text || ':' || k)) as n
                       from unnest(%(users)s::uuid[], %(counts)s::int[]) as o(user_id, batches)
@@ -367,6 +386,50 @@ class BackendCpu:
     def seconds(self) -> float:
         """Seconds of CPU so far (0.0 when the server is not on this host)."""
         return (self._read() or 0.0) if self.available else 0.0
+
+
+class ServerCpu:
+    """CPU time of every process of the server (backends, WAL writer, checkpointer,
+    autovacuum) but the one serving `conn` (the benchmark's own), when the server runs on
+    this host: what a run cost the database as a whole.
+
+    Read from /proc/<pid>/schedstat for the postmaster's children. Take the second
+    snapshot before the clients disconnect: a backend that has exited is not counted.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        probe = BackendCpu(conn)
+        self.available = probe.available
+        self.own = int(probe.path.split("/")[2])
+        self.postmaster: int | None = None
+        if self.available:
+            with open(f"/proc/{self.own}/stat", encoding="ascii") as f:
+                self.postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+
+    def snapshot(self) -> dict[int, float]:
+        """Seconds on a CPU so far, per server process (empty when not on this host)."""
+        if self.postmaster is None:
+            return {}
+        try:
+            with open(f"/proc/{self.postmaster}/task/{self.postmaster}/children") as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return {}
+        times: dict[int, float] = {}
+        for pid in [self.postmaster, *pids]:
+            if pid == self.own:
+                continue
+            try:
+                with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+                    times[pid] = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue
+        return times
+
+    @staticmethod
+    def between(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+        """Seconds used from one snapshot to the next (new processes from zero)."""
+        return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
 
 
 # -- measuring -------------------------------------------------------------------------

@@ -1,0 +1,553 @@
+"""Items per second through claim -> no-op generator -> complete, against other queues.
+
+The same number of no-op jobs, loaded before the clock starts, drained by 1, 2 and 4
+worker processes of:
+
+- portraitkit's worker (`portraitkit.worker.Worker`, wired as `service.open_worker` wires
+  it: service-role RPCs over a pool of 4, the LISTEN feed, the noop generator, a storage
+  that stores nothing, no per-user limit). Trigger, counters, batch NOTIFYs and the
+  PostgREST-style RPC path (role + claims per transaction) all included;
+- procrastinate: its worker with concurrency, a connection per job slot;
+- pgqueuer: its QueueManager over asyncpg on uvloop, as `pgq run` runs it, at a few
+  `batch_size`s; its best for each process count is the baseline (1.00);
+- two ceilings on a plain table, one connection per process: a bare claim
+  (`UPDATE ... FOR UPDATE SKIP LOCKED`) and complete per item, each its own transaction;
+  and the same 20 items at a time.
+
+One PostgreSQL for all, with durable commits (the server's default). Every run gets a
+fresh database, a copy of a template holding that system's schema (installed by the
+system's own installer); its queue is loaded in bulk, vacuumed, analysed and checkpointed;
+then its processes connect and wait, and the clock runs from the go signal to the last
+job's completion as the system itself records it (server time). The fast configurations
+run in every round and the slow ones (procrastinate, the per-item ceiling) in the first,
+with the order rotated between rounds so drift on a shared machine hits all alike.
+Figures are medians over rounds.
+
+    .venv/bin/python benchmarks/worker_throughput.py [--quick] [--json] [--database-url URL]
+        [--items N] [--rounds N] [--only KEY,...] [--candidate PATH.py:Class[+uvloop]]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+import psycopg
+from _common import (
+    Connection,
+    ServerCpu,
+    bench_server,
+    emit,
+    load_batches,
+    log,
+    make_users,
+    open_connection,
+    parser,
+    ratio,
+    scratch_database,
+    server_facts,
+    verdict,
+)
+from _queue_runners import (
+    CEILING_SCHEMA,
+    CEILING_TABLE,
+    PGQUEUER_ENTRYPOINT,
+    PROCRASTINATE_TASK,
+    procrastinate_app,
+    serve,
+)
+from rich.table import Table
+
+PROCESSES = (1, 2, 4)
+STYLES_PER_BATCH = 10
+USERS = 100
+PORTRAITKIT_CONCURRENCY = 400
+PROCRASTINATE_CONCURRENCY = 10
+PGQUEUER_BATCH_SIZES = (100, 250, 500)
+CEILING_BATCH = 20
+RUN_TIMEOUT = 300.0
+# How often the parent looks for the end; the figures come from the systems' own
+# timestamps, so this only decides how soon a run is wound up.
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Config:
+    """One line of the comparison: a system with its settings."""
+
+    key: str
+    system: str
+    label: str
+    settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    slow: bool = False  # measured in the first round only
+
+
+def portraitkit_settings(**extra: Any) -> dict[str, Any]:
+    return {"options": {"concurrency": PORTRAITKIT_CONCURRENCY, "max_running_per_user": None,
+                        "generator": "noop"}, **extra}
+
+
+def configs(candidate: str | None = None) -> list[Config]:
+    chosen = [
+        Config("ceiling-1", "ceiling", "ceiling: claim + complete each item", {"batch": 1},
+               slow=True),
+        Config(f"ceiling-{CEILING_BATCH}", "ceiling",
+               f"ceiling: claim + complete {CEILING_BATCH} at a time", {"batch": CEILING_BATCH}),
+        Config("procrastinate", "procrastinate",
+               f"procrastinate (concurrency {PROCRASTINATE_CONCURRENCY})",
+               {"concurrency": PROCRASTINATE_CONCURRENCY}, slow=True),
+        *[Config(f"pgqueuer-{b}", "pgqueuer", f"pgqueuer (batch_size {b})", {"batch_size": b})
+          for b in PGQUEUER_BATCH_SIZES],
+        Config("portraitkit", "portraitkit",
+               f"portraitkit worker (concurrency {PORTRAITKIT_CONCURRENCY})",
+               portraitkit_settings()),
+    ]
+    if candidate:
+        reference, _, flag = candidate.partition("+")
+        chosen.append(Config("candidate", "portraitkit",
+                             f"candidate {Path(reference.split(':')[0]).name}"
+                             f"{' on uvloop' if flag == 'uvloop' else ''}",
+                             portraitkit_settings(worker_class=reference,
+                                                  uvloop=flag == "uvloop")))
+    return chosen
+
+
+# -- each system: schema, queue, progress ---------------------------------------------------
+
+
+class System:
+    """How to install a system, fill its queue, and read its progress."""
+
+    name = ""
+    done_sql = ""  # how many jobs have completed
+    last_sql = ""  # the server time of the last completion
+    tables: tuple[str, ...] = ()
+
+    def install(self, url: str) -> None:
+        raise NotImplementedError
+
+    def load(self, url: str, items: int) -> None:
+        raise NotImplementedError
+
+    def check(self, conn: Connection, items: int) -> None:
+        """Raise unless every job ran exactly once."""
+
+
+class Portraitkit(System):
+    name = "portraitkit"
+    done_sql = "select sum(completed_count) from public.generation_batches"
+    last_sql = "select max(finished_at) from public.generations"
+    tables = ("public.generations", "public.generation_batches")
+
+    def install(self, url: str) -> None:
+        from portraitkit.database.migrations import Migrator
+
+        Migrator(url).migrate()
+        with open_connection(url, autocommit=True) as conn:
+            make_users(conn, USERS, credits=1_000_000_000, label="queue")
+
+    def load(self, url: str, items: int) -> None:
+        """Batches of 10 pending items, spread over the users, as the superuser in bulk."""
+        batches = items // STYLES_PER_BATCH
+        with open_connection(url) as conn:
+            users = [r[0] for r in conn.execute("select id from public.profiles order by id")]
+            per_user = {u: batches // len(users) + (n < batches % len(users))
+                        for n, u in enumerate(users)}
+            load_batches(conn, per_user, STYLES_PER_BATCH, mix={"pending": 100})
+            conn.commit()
+
+    def check(self, conn: Connection, items: int) -> None:
+        done, twice, unfinished = conn.execute(
+            "select count(*) filter (where status = 'completed'),"
+            "       count(*) filter (where attempts <> 1),"
+            "       (select count(*) from public.generation_batches"
+            "         where status <> 'completed' or completed_count <> total_count)"
+            "  from public.generations"
+        ).fetchone()
+        if done != items or twice or unfinished:
+            raise RuntimeError(f"portraitkit: {done}/{items} completed, {twice} claimed twice, "
+                               f"{unfinished} batches not completed")
+
+
+class Procrastinate(System):
+    name = "procrastinate"
+    done_sql = "select count(*) from procrastinate_jobs where status = 'succeeded'"
+    last_sql = "select max(at) from procrastinate_events where type = 'succeeded'"
+    tables = ("procrastinate_jobs", "procrastinate_events")
+
+    def install(self, url: str) -> None:
+        async def apply() -> None:  # what `procrastinate schema --apply` runs
+            app = procrastinate_app(url)
+            async with app.open_async():
+                await app.schema_manager.apply_schema_async()
+
+        asyncio.run(apply())
+
+    def load(self, url: str, items: int) -> None:
+        async def defer() -> None:
+            app = procrastinate_app(url)
+            async with app.open_async():
+                task = app.tasks[PROCRASTINATE_TASK]
+                for start in range(0, items, 5000):
+                    await task.batch_defer_async(*({} for _ in range(min(5000, items - start))))
+
+        asyncio.run(defer())
+
+    def check(self, conn: Connection, items: int) -> None:
+        done, twice = conn.execute(
+            "select (select count(*) from procrastinate_jobs where status = 'succeeded'),"
+            "       (select count(*) from (select job_id from procrastinate_events"
+            "         where type = 'started' group by job_id having count(*) > 1) t)"
+        ).fetchone()
+        if done != items or twice:
+            raise RuntimeError(f"procrastinate: {done}/{items} succeeded, {twice} started twice")
+
+
+class Pgqueuer(System):
+    name = "pgqueuer"
+    done_sql = "select count(*) from pgqueuer_log where status = 'successful'"
+    last_sql = "select max(created) from pgqueuer_log where status = 'successful'"
+    tables = ("pgqueuer", "pgqueuer_log")
+
+    def install(self, url: str) -> None:
+        pgq = Path(sys.executable).with_name("pgq")
+        subprocess.run([str(pgq), "--pg-dsn", as_uri(url), "install"], check=True,
+                       capture_output=True)
+
+    def load(self, url: str, items: int) -> None:
+        async def enqueue() -> None:
+            import asyncpg
+            from pgqueuer import Queries
+            from pgqueuer.db import AsyncpgDriver
+
+            connection = await asyncpg.connect(dsn=as_uri(url))
+            try:
+                await Queries(AsyncpgDriver(connection)).enqueue(
+                    [PGQUEUER_ENTRYPOINT] * items, [None] * items, [0] * items)
+            finally:
+                await connection.close()
+
+        asyncio.run(enqueue())
+
+    def check(self, conn: Connection, items: int) -> None:
+        done, twice = conn.execute(
+            "select count(*), count(*) - count(distinct job_id) from pgqueuer_log"
+            " where status = 'successful'"
+        ).fetchone()
+        if done != items or twice:
+            raise RuntimeError(f"pgqueuer: {done}/{items} successful, {twice} twice")
+
+
+class Ceiling(System):
+    name = "ceiling"
+    done_sql = f"select count(*) from {CEILING_TABLE} where status = 'completed'"
+    last_sql = f"select max(finished_at) from {CEILING_TABLE}"
+    tables = (CEILING_TABLE,)
+
+    def install(self, url: str) -> None:
+        with open_connection(url, autocommit=True) as conn:
+            conn.execute(CEILING_SCHEMA)
+
+    def load(self, url: str, items: int) -> None:
+        with open_connection(url, autocommit=True) as conn:
+            conn.execute(f"insert into {CEILING_TABLE} (payload)"
+                         " select jsonb_build_object('n', i) from generate_series(1, %s) i",
+                         (items,))
+
+    def check(self, conn: Connection, items: int) -> None:
+        (done,) = conn.execute(self.done_sql).fetchone()
+        if done != items:
+            raise RuntimeError(f"ceiling: {done}/{items} completed")
+
+
+SYSTEMS: dict[str, System] = {
+    s.name: s for s in (Portraitkit(), Procrastinate(), Pgqueuer(), Ceiling())
+}
+
+
+def as_uri(conninfo: str) -> str:
+    """A postgresql:// URI, for clients that take no key=value strings (asyncpg, pgq)."""
+    p = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user, password = quote(str(p["user"]), safe=""), quote(str(p.get("password", "")), safe="")
+    return f"postgresql://{user}:{password}@{p['host']}:{p['port']}/{p['dbname']}"
+
+
+@contextmanager
+def templates(server_url: str, systems: set[str]) -> Iterator[dict[str, str]]:
+    """A template database per system, its schema installed by its own installer."""
+    with ExitStack() as stack:
+        names = {}
+        for name in sorted(systems):
+            url = stack.enter_context(scratch_database(server_url, f"tpl_{name}", migrate=False))
+            SYSTEMS[name].install(url)
+            names[name] = str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+        yield names
+
+
+# -- one run ----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    config: str
+    processes: int
+    items: int
+    seconds: float
+    server_cpu: float | None  # seconds, all server processes
+    client_cpu: float  # seconds, the worker processes
+    other_load: float | None  # cores busy with anything else on the machine meanwhile
+    wal_bytes: float
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds
+
+
+def run_once(context: Any, server_url: str, template: dict[str, str], config: Config,
+             processes: int, items: int, profile: str | None = None) -> Run:
+    system = SYSTEMS[config.system]
+    with scratch_database(server_url, config.system, template=template[config.system]) as url:
+        system.load(url, items)
+        with open_connection(url, autocommit=True) as conn:
+            for table in system.tables:
+                conn.execute(f"vacuum analyze {table}")
+            conn.execute("checkpoint")
+            settings = {**config.settings, **({"profile": profile} if profile else {})}
+            ready = context.Queue()
+            go = context.Event()
+            workers = [context.Process(target=serve, daemon=True,
+                                       args=(config.system, as_uri(url), settings, ready, go))
+                       for _ in range(processes)]
+            for worker in workers:
+                worker.start()
+            try:
+                clients = [psutil.Process(ready.get(timeout=120)) for _ in workers]
+                run = _timed(conn, system, config, clients, go, items, workers)
+            finally:
+                _stop(workers)
+            system.check(conn, items)
+    return run
+
+
+def _timed(conn: Connection, system: System, config: Config, clients: list[psutil.Process],
+           go: Any, items: int, workers: list[Any]) -> Run:
+    """Open the window, wait for the last job, read what it cost."""
+    server = ServerCpu(conn)
+    window = time.monotonic()
+    machine_before, client_before = _machine_busy(), sum(_cpu(c) for c in clients)
+    server_before = server.snapshot()
+    started, wal_before = conn.execute(
+        "select clock_timestamp(), pg_current_wal_lsn()").fetchone()
+    go.set()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while (conn.execute(system.done_sql).fetchone()[0] or 0) < items:
+        if time.monotonic() > deadline or not any(w.is_alive() for w in workers):
+            raise RuntimeError(f"{config.key}: not done after {RUN_TIMEOUT:.0f} s, or its "
+                               "workers died")
+        time.sleep(POLL_SECONDS)
+    (last,) = conn.execute(system.last_sql).fetchone()
+    (wal,) = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)",
+                          (wal_before,)).fetchone()
+    server_cpu = ServerCpu.between(server_before, server.snapshot()) if server.available else None
+    client_cpu = sum(_cpu(c) for c in clients) - client_before
+    machine = _machine_busy() - machine_before
+    window = time.monotonic() - window
+    # Cores busy with anything but this run, on average over the window.
+    others = (machine - client_cpu - server_cpu) / window if server_cpu is not None else None
+    return Run(config.key, len(clients), items, (last - started).total_seconds(), server_cpu,
+               client_cpu, others, float(wal))
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
+
+
+def _machine_busy() -> float:
+    """CPU seconds every process on this machine has used so far (all cores)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(workers: list[Any]) -> None:
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: each stops the way its own runner stops it
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+# -- the whole comparison ---------------------------------------------------------------
+
+
+def measure(server_url: str, items: int, rounds: int, chosen: list[Config]) -> list[Run]:
+    # Worker processes fork from a server process that has imported everything once: a
+    # clean interpreter per worker (no inherited connections) without paying for imports.
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["_queue_runners", "portraitkit.worker",
+                                    "portraitkit.transports.postgres", "procrastinate",
+                                    "pgqueuer", "asyncpg", "uvloop"])
+    runs: list[Run] = []
+    with templates(server_url, {c.system for c in chosen}) as template:
+        for round_no in range(rounds):
+            todo = [c for c in chosen if round_no == 0 or not c.slow]
+            for processes in PROCESSES:
+                shift = (round_no * len(PROCESSES) + processes) % len(todo)
+                for config in todo[shift:] + todo[:shift]:
+                    run = run_once(context, server_url, template, config, processes, items)
+                    log.print(f"[dim]round {round_no + 1}/{rounds}  {processes} process(es)  "
+                              f"{config.key:<14} {run.per_second:8,.0f}/s[/]")
+                    runs.append(run)
+    return runs
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def results_of(runs: list[Run], chosen: list[Config]) -> dict[str, Any]:
+    out: dict[str, Any] = {"processes": {}}
+    for p in PROCESSES:
+        entry: dict[str, Any] = {}
+        for config in chosen:
+            mine = [r for r in runs if r.config == config.key and r.processes == p]
+            if not mine:
+                continue
+            server = [r.server_cpu / r.items * 1e6 for r in mine if r.server_cpu is not None]
+            others = [r.other_load for r in mine if r.other_load is not None]
+            entry[config.key] = {
+                "label": config.label,
+                "items": mine[0].items,
+                "per_second": statistics.median(r.per_second for r in mine),
+                "per_second_runs": [r.per_second for r in mine],
+                "server_cpu_us_per_item": _median(server),
+                "client_cpu_us_per_item": statistics.median(
+                    r.client_cpu / r.items * 1e6 for r in mine),
+                "wal_bytes_per_item": statistics.median(r.wal_bytes / r.items for r in mine),
+                "other_load_cores": _median(others),
+            }
+        pgq = [k for k in entry if k.startswith("pgqueuer-")]
+        best = max(pgq, key=lambda k: entry[k]["per_second"]) if pgq else None
+        base = entry[best]["per_second"] if best else float("nan")
+        for value in entry.values():
+            value["vs_pgqueuer_best"] = ratio(value["per_second"], base)
+        out["processes"][p] = {
+            "pgqueuer_best": best,
+            "target_met": (entry["portraitkit"]["per_second"] >= base
+                           if best and "portraitkit" in entry else None),
+            "systems": entry,
+        }
+    return out
+
+
+def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: int) -> Table:
+    table = Table(
+        title=f"Draining {items:,} pre-loaded no-op jobs: items per second",
+        caption=f"Median over {rounds} round(s) (slow lines: first round only); each worker "
+        "a process; clock from the go signal to the last completion, in server time. "
+        "Baseline: pgqueuer at its best batch_size for that process count (1.00). Server "
+        "CPU: every server process, per item; client: the worker processes; WAL: bytes "
+        "written per item; other load: cores busy with other work on this machine during "
+        "the run (a shared machine). Target: portraitkit ≥ pgqueuer's best. "
+        f"PostgreSQL {facts['postgres']}, {facts['cpus']} CPUs, "
+        f"synchronous_commit={facts['synchronous_commit']}.",
+    )
+    for name, justify in [("processes", "right"), ("system", "left"), ("items/s", "right"),
+                          ("each round", "right"), ("server CPU\nper item", "right"),
+                          ("client CPU\nper item", "right"), ("WAL\nper item", "right"),
+                          ("other\nload", "right"), ("vs pgqueuer\nbest", "right")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for p, entry in results["processes"].items():
+        rows = list(entry["systems"].items())
+        for n, (key, r) in enumerate(rows):
+            vs = f"{r['vs_pgqueuer_best']:.2f}"
+            if key == "portraitkit" and entry["target_met"] is not None:
+                vs += f" {verdict(entry['target_met'])}"
+            if key == entry["pgqueuer_best"]:
+                vs += " (best)"
+            table.add_row(
+                str(p) if n == 0 else "",
+                r["label"],
+                f"{r['per_second']:,.0f}",
+                " ".join(f"{x:,.0f}" for x in r["per_second_runs"]),
+                _us(r["server_cpu_us_per_item"]),
+                _us(r["client_cpu_us_per_item"]),
+                f"{r['wal_bytes_per_item']:,.0f} B",
+                "-" if r["other_load_cores"] is None else f"{r['other_load_cores']:.1f}",
+                vs,
+                end_section=n == len(rows) - 1,
+            )
+    return table
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} µs"
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, help="jobs per run (default 10,000; 3,000 with --quick)")
+    p.add_argument("--rounds", type=int, help="rounds (default 2; 1 with --quick)")
+    p.add_argument("--only", help="comma-separated keys to run (ceiling-1, ceiling-20, "
+                   "procrastinate, pgqueuer-100, portraitkit, ...)")
+    p.add_argument("--candidate", metavar="PATH.py:Class[+uvloop]",
+                   help="also run a candidate Worker class (a proposed change), side by side")
+    p.add_argument("--profile", metavar="PREFIX",
+                   help="instead of the comparison: cProfile portraitkit's workers into "
+                   "PREFIX.<processes>p.<pid>.pstats")
+    args = p.parse_args()
+    items = args.items or (3_000 if args.quick else 10_000)
+    rounds = args.rounds or (1 if args.quick else 2)
+    chosen = configs(args.candidate)
+    if args.only:
+        keys = set(args.only.split(",")) | ({"candidate"} if args.candidate else set())
+        chosen = [c for c in chosen if c.key in keys]
+    with bench_server(args.database_url, "throughput") as server_url:
+        with open_connection(server_url, autocommit=True) as admin:
+            facts = server_facts(admin)
+        if args.profile:
+            profile(server_url, items, chosen, args.profile)
+            return
+        runs = measure(server_url, items, rounds, chosen)
+    results = results_of(runs, chosen)
+    results["server"] = facts
+    results["items"], results["rounds"] = items, rounds
+    emit(args, [render(results, facts, items, rounds)], results)
+
+
+def profile(server_url: str, items: int, chosen: list[Config], prefix: str) -> None:
+    context = mp.get_context("spawn")
+    config = next(c for c in reversed(chosen) if c.system == "portraitkit")
+    with templates(server_url, {"portraitkit"}) as template:
+        for processes in PROCESSES:
+            run = run_once(context, server_url, template, config, processes, items,
+                           profile=f"{prefix}.{processes}p")
+            log.print(f"{config.key}, {processes} process(es): {run.per_second:,.0f}/s "
+                      f"(under cProfile) -> {prefix}.{processes}p.<pid>.pstats")
+
+
+if __name__ == "__main__":
+    main()
