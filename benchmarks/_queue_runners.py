@@ -264,8 +264,10 @@ async def _listener(url: str, ready: Any, go: Any) -> None:
     woken worker does is start a transaction) and report (payload, timestamp)."""
     import psycopg
 
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listen, \
-            await psycopg.AsyncConnection.connect(url, autocommit=True) as clock:
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as listen,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as clock,
+    ):
         await listen.execute(f"listen {FLOOR_CHANNEL}")
         await _until_go(ready, go)
         async for notify in listen.notifies():

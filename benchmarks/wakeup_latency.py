@@ -56,8 +56,7 @@ LABELS = {
 
 def worker_settings(poll_only: bool) -> dict[str, Any]:
     # The worker's defaults, with the poll interval under test and the noop generator.
-    return {"poll_only": poll_only,
-            "options": {"poll_seconds": POLL_SECONDS, "generator": "noop"}}
+    return {"poll_only": poll_only, "options": {"poll_seconds": POLL_SECONDS, "generator": "noop"}}
 
 
 class Target:
@@ -70,8 +69,9 @@ class Target:
         self.go = context.Event()
         system = "listener" if mode == "floor" else "portraitkit"
         settings = {} if mode == "floor" else worker_settings(poll_only=mode == "poll")
-        self.process = context.Process(target=serve, args=(system, url, settings, self.ready,
-                                                           self.go), daemon=True)
+        self.process = context.Process(
+            target=serve, args=(system, url, settings, self.ready, self.go), daemon=True
+        )
         self.conn: Connection | None = None
         self.user: uuid.UUID | None = None
         self.styles: list[str] = []
@@ -85,9 +85,13 @@ class Target:
         self.conn = open_connection(self.url)
         if self.mode != "floor":
             self.user = self.conn.execute("select id from public.profiles limit 1").fetchone()[0]
-            self.styles = [r[0] for r in self.conn.execute(
-                "select key from public.styles where is_active order by key limit %s",
-                (STYLES_PER_BATCH,))]
+            self.styles = [
+                r[0]
+                for r in self.conn.execute(
+                    "select key from public.styles where is_active order by key limit %s",
+                    (STYLES_PER_BATCH,),
+                )
+            ]
             self.conn.commit()
         time.sleep(0.5)  # the worker's first poll (right at start) is behind it
 
@@ -97,8 +101,8 @@ class Target:
         if self.mode == "floor":
             with self.conn.transaction():
                 (inserted,) = self.conn.execute(
-                    "select clock_timestamp() from pg_notify(%s, %s)",
-                    (FLOOR_CHANNEL, str(n))).fetchone()
+                    "select clock_timestamp() from pg_notify(%s, %s)", (FLOOR_CHANNEL, str(n))
+                ).fetchone()
             payload, woken = self.ready.get(timeout=SAMPLE_TIMEOUT)
             assert payload == str(n)
             return (woken - inserted).total_seconds()
@@ -106,9 +110,9 @@ class Target:
         with self.conn.transaction():
             as_claims(self.conn, user_claims(self.user))
             (batch,) = self.conn.execute(
-                "select public.create_generation_batch(style_keys => %s,"
-                " source_image_path => %s)",
-                (self.styles, f"{self.user}/bench/{n}.png")).fetchone()
+                "select public.create_generation_batch(style_keys => %s, source_image_path => %s)",
+                (self.styles, f"{self.user}/bench/{n}.png"),
+            ).fetchone()
             (inserted,) = self.conn.execute("select clock_timestamp()").fetchone()
         claimed = self._first_claim(str(batch))
         return (claimed - inserted).total_seconds()
@@ -118,8 +122,8 @@ class Target:
         deadline = time.monotonic() + SAMPLE_TIMEOUT
         while True:
             (started,) = self.conn.execute(
-                "select min(started_at) from public.generations where batch_id = %s",
-                (batch_id,)).fetchone()
+                "select min(started_at) from public.generations where batch_id = %s", (batch_id,)
+            ).fetchone()
             self.conn.commit()
             if started is not None:
                 # Let the worker finish the batch: the next sample starts from idle.
@@ -134,7 +138,9 @@ class Target:
         while True:
             (left,) = self.conn.execute(
                 "select count(*) from public.generations where batch_id = %s"
-                " and status in ('pending', 'processing')", (batch_id,)).fetchone()
+                " and status in ('pending', 'processing')",
+                (batch_id,),
+            ).fetchone()
             self.conn.commit()
             if not left:
                 return
@@ -155,14 +161,19 @@ class Target:
 def measure(server_url: str, samples: int) -> dict[str, list[float]]:
     context = mp.get_context("spawn")
     results: dict[str, list[float]] = {m: [] for m in MODES}
-    with scratch_database(server_url, "wake_feed") as feed_url, \
-            scratch_database(server_url, "wake_poll") as poll_url, \
-            scratch_database(server_url, "wake_floor", migrate=False) as floor_url:
+    with (
+        scratch_database(server_url, "wake_feed") as feed_url,
+        scratch_database(server_url, "wake_poll") as poll_url,
+        scratch_database(server_url, "wake_floor", migrate=False) as floor_url,
+    ):
         for url in (feed_url, poll_url):
             with open_connection(url, autocommit=True) as admin:
                 make_users(admin, 1, credits=1_000_000_000, label="waker")
-        targets = [Target("floor", floor_url, context), Target("feed", feed_url, context),
-                   Target("poll", poll_url, context)]
+        targets = [
+            Target("floor", floor_url, context),
+            Target("feed", feed_url, context),
+            Target("poll", poll_url, context),
+        ]
         try:
             for target in targets:
                 target.start()
@@ -209,13 +220,26 @@ def render(results: dict[str, Any], facts: dict[str, Any]) -> Table:
         f"PostgreSQL {facts['postgres']}, {facts['cpus']} CPUs, "
         f"synchronous_commit={facts['synchronous_commit']}.",
     )
-    for name in ("path", "samples", "median", "p95", "max", "median vs\npolling",
-                 "median vs\nfloor"):
+    for name in (
+        "path",
+        "samples",
+        "median",
+        "p95",
+        "max",
+        "median vs\npolling",
+        "median vs\nfloor",
+    ):
         table.add_column(name, justify="left" if name == "path" else "right")
     for r in results.values():
-        table.add_row(r["label"], str(r["samples"]), f"{r['median_ms']:,.1f} ms",
-                      f"{r['p95_ms']:,.1f} ms", f"{r['max_ms']:,.1f} ms",
-                      f"{r['vs_polling']:.3f}", f"{r['vs_floor']:.1f}")
+        table.add_row(
+            r["label"],
+            str(r["samples"]),
+            f"{r['median_ms']:,.1f} ms",
+            f"{r['p95_ms']:,.1f} ms",
+            f"{r['max_ms']:,.1f} ms",
+            f"{r['vs_polling']:.3f}",
+            f"{r['vs_floor']:.1f}",
+        )
     return table
 
 
@@ -229,8 +253,11 @@ def main() -> None:
             facts = server_facts(admin)
         measured = measure(server_url, samples)
     results = results_of(measured)
-    emit(args, [render(results, facts)], {"paths": results, "server": facts,
-                                          "poll_seconds": POLL_SECONDS})
+    emit(
+        args,
+        [render(results, facts)],
+        {"paths": results, "server": facts, "poll_seconds": POLL_SECONDS},
+    )
 
 
 if __name__ == "__main__":

@@ -78,12 +78,21 @@ class Trace:
 def start_worker(url: str, state_dir: Path, *args: str) -> subprocess.Popen[str]:
     cli = Path(sys.executable).with_name("portraitkit")
     env = {**os.environ, "PORTRAITKIT_JWT_SECRET": secrets.token_hex(32)}
-    for name in ("SUPABASE_URL", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY",
-                 "DATABASE_URL", "PORTRAITKIT_GENERATOR"):
+    for name in (
+        "SUPABASE_URL",
+        "SUPABASE_ANON_KEY",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "DATABASE_URL",
+        "PORTRAITKIT_GENERATOR",
+    ):
         env.pop(name, None)
     return subprocess.Popen(
         [str(cli), "--state-dir", str(state_dir), "--database-url", url, "worker", *args],
-        cwd=state_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=state_dir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -93,7 +102,8 @@ def wait_listening(conn: Connection, worker: subprocess.Popen[str]) -> None:
     while True:
         (listening,) = conn.execute(
             "select exists (select from pg_stat_activity where application_name ="
-            " 'portraitkit-listen' and datname = current_database())").fetchone()
+            " 'portraitkit-listen' and datname = current_database())"
+        ).fetchone()
         conn.commit()  # pg_stat_activity is read once per transaction
         if listening:
             break
@@ -119,8 +129,9 @@ def load(conn: Connection, state_dir: Path, batches: int, users: int, source: by
     return batches * STYLES_PER_BATCH
 
 
-def follow(conn: Connection, worker: subprocess.Popen[str], items: int, trace: Trace,
-           every: float) -> None:
+def follow(
+    conn: Connection, worker: subprocess.Popen[str], items: int, trace: Trace, every: float
+) -> None:
     """Sample RSS against items completed until all are, then stop the worker."""
     process = psutil.Process(worker.pid)
     started = time.monotonic()
@@ -158,8 +169,9 @@ def measure_noop(server_url: str, items: int) -> Trace:
     try:
         with scratch_database(server_url, "memory_noop") as url, open_connection(url) as conn:
             loaded = load(conn, state_dir, items // STYLES_PER_BATCH, 100, NOOP_PNG)
-            worker = start_worker(url, state_dir, "--generator", "noop",
-                                  "--concurrency", str(NOOP_CONCURRENCY))
+            worker = start_worker(
+                url, state_dir, "--generator", "noop", "--concurrency", str(NOOP_CONCURRENCY)
+            )
             trace = Trace()
             try:
                 follow(conn, worker, loaded, trace, every=0.05)
@@ -180,8 +192,7 @@ def measure_local(server_url: str, items: int) -> Trace:
             try:
                 wait_listening(conn, worker)
                 trace.idle_rss = psutil.Process(worker.pid).memory_info().rss
-                loaded = load(conn, state_dir, items // STYLES_PER_BATCH, 1,
-                              sample_portrait_png())
+                loaded = load(conn, state_dir, items // STYLES_PER_BATCH, 1, sample_portrait_png())
                 follow(conn, worker, loaded, trace, every=0.05)
             finally:
                 if worker.poll() is None:
@@ -198,8 +209,9 @@ def results_of(noop: Trace, local: Trace, noop_items: int, local_items: int) -> 
         if mark > noop_items or (points and mark == points[-1]["target_items"]):
             continue
         at, rss = noop.rss_at(mark)
-        points.append({"target_items": mark, "items": at, "rss_mb": rss / MB,
-                       "vs_2000": ratio(rss, base)})
+        points.append(
+            {"target_items": mark, "items": at, "rss_mb": rss / MB, "vs_2000": ratio(rss, base)}
+        )
     final = noop.samples[-1][1]
     growth = ratio(points[-1]["rss_mb"] * MB, base)
     return {
@@ -245,18 +257,30 @@ def render(results: dict[str, Any], facts: dict[str, Any]) -> Table:
         table.add_row(
             label if n == 0 else "",
             "baseline" if n == 0 else ("after all" if last else "during"),
-            f"{point['items']:,}", f"{point['rss_mb']:.1f} MB", f"{point['vs_2000']:.3f}",
+            f"{point['items']:,}",
+            f"{point['rss_mb']:.1f} MB",
+            f"{point['vs_2000']:.3f}",
             f"≤ {GROWTH_LIMIT:.2f} {verdict(noop['target_met'])}" if last else "",
         )
-    table.add_row("", "idle, 1 s later", f"{noop['items']:,}", f"{noop['idle_after_mb']:.1f} MB",
-                  f"{noop['idle_after_vs_2000']:.3f}", "")
+    table.add_row(
+        "",
+        "idle, 1 s later",
+        f"{noop['items']:,}",
+        f"{noop['idle_after_mb']:.1f} MB",
+        f"{noop['idle_after_vs_2000']:.3f}",
+        "",
+    )
     table.add_row("", "peak (VmHWM)", "", f"{noop['peak_mb']:.1f} MB", "", "", end_section=True)
     label = f"local, default concurrency ({local['items_per_second']:.1f} items/s)"
-    table.add_row(label, "idle, ready (baseline)", "0", f"{local['idle_mb']:.1f} MB", "1.000",
-                  "")
-    table.add_row("", "peak (VmHWM)", f"{local['items']:,}", f"{local['peak_mb']:.1f} MB",
-                  f"{local['peak_vs_idle']:.3f}",
-                  f"< {PEAK_LIMIT_MB} MB {verdict(local['target_met'])}")
+    table.add_row(label, "idle, ready (baseline)", "0", f"{local['idle_mb']:.1f} MB", "1.000", "")
+    table.add_row(
+        "",
+        "peak (VmHWM)",
+        f"{local['items']:,}",
+        f"{local['peak_mb']:.1f} MB",
+        f"{local['peak_vs_idle']:.3f}",
+        f"< {PEAK_LIMIT_MB} MB {verdict(local['target_met'])}",
+    )
     table.add_row("", "after all", f"{local['items']:,}", f"{local['after_mb']:.1f} MB", "", "")
     return table
 

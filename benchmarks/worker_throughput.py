@@ -24,7 +24,8 @@ with the order rotated between rounds so drift on a shared machine hits all alik
 Figures are medians over rounds.
 
     .venv/bin/python benchmarks/worker_throughput.py [--quick] [--json] [--database-url URL]
-        [--items N] [--rounds N] [--only KEY,...] [--candidate PATH.py:Class[+uvloop]]
+        [--items N] [--rounds N] [--only KEY,...]
+        [--candidate [PATH.py:Class][+uvloop][+sql=FILE] ...] [--profile PREFIX]
 """
 
 from __future__ import annotations
@@ -92,36 +93,76 @@ class Config:
     label: str
     settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     slow: bool = False  # measured in the first round only
+    setup_sql: str = ""  # run on the loaded database before the clock starts
 
 
 def portraitkit_settings(**extra: Any) -> dict[str, Any]:
-    return {"options": {"concurrency": PORTRAITKIT_CONCURRENCY, "max_running_per_user": None,
-                        "generator": "noop"}, **extra}
+    return {
+        "options": {
+            "concurrency": PORTRAITKIT_CONCURRENCY,
+            "max_running_per_user": None,
+            "generator": "noop",
+        },
+        **extra,
+    }
 
 
-def configs(candidate: str | None = None) -> list[Config]:
+def configs(candidates: list[str] | None = None) -> list[Config]:
+    candidates = candidates or []
     chosen = [
-        Config("ceiling-1", "ceiling", "ceiling: claim + complete each item", {"batch": 1},
-               slow=True),
-        Config(f"ceiling-{CEILING_BATCH}", "ceiling",
-               f"ceiling: claim + complete {CEILING_BATCH} at a time", {"batch": CEILING_BATCH}),
-        Config("procrastinate", "procrastinate",
-               f"procrastinate (concurrency {PROCRASTINATE_CONCURRENCY})",
-               {"concurrency": PROCRASTINATE_CONCURRENCY}, slow=True),
-        *[Config(f"pgqueuer-{b}", "pgqueuer", f"pgqueuer (batch_size {b})", {"batch_size": b})
-          for b in PGQUEUER_BATCH_SIZES],
-        Config("portraitkit", "portraitkit",
-               f"portraitkit worker (concurrency {PORTRAITKIT_CONCURRENCY})",
-               portraitkit_settings()),
+        Config(
+            "ceiling-1", "ceiling", "ceiling: claim + complete each item", {"batch": 1}, slow=True
+        ),
+        Config(
+            f"ceiling-{CEILING_BATCH}",
+            "ceiling",
+            f"ceiling: claim + complete {CEILING_BATCH} at a time",
+            {"batch": CEILING_BATCH},
+        ),
+        Config(
+            "procrastinate",
+            "procrastinate",
+            f"procrastinate (concurrency {PROCRASTINATE_CONCURRENCY})",
+            {"concurrency": PROCRASTINATE_CONCURRENCY},
+            slow=True,
+        ),
+        *[
+            Config(f"pgqueuer-{b}", "pgqueuer", f"pgqueuer (batch_size {b})", {"batch_size": b})
+            for b in PGQUEUER_BATCH_SIZES
+        ],
+        Config(
+            "portraitkit",
+            "portraitkit",
+            f"portraitkit worker (concurrency {PORTRAITKIT_CONCURRENCY})",
+            portraitkit_settings(),
+        ),
     ]
-    if candidate:
-        reference, _, flag = candidate.partition("+")
-        chosen.append(Config("candidate", "portraitkit",
-                             f"candidate {Path(reference.split(':')[0]).name}"
-                             f"{' on uvloop' if flag == 'uvloop' else ''}",
-                             portraitkit_settings(worker_class=reference,
-                                                  uvloop=flag == "uvloop")))
+    for n, spec in enumerate(candidates, start=1):
+        chosen.append(candidate_config(f"candidate-{n}", spec))
     return chosen
+
+
+def candidate_config(key: str, spec: str) -> Config:
+    """A proposed change beside the current worker: `[PATH.py:Class][+uvloop][+sql=FILE]`,
+    a Worker class to load instead of portraitkit's, its event loop, and SQL to run on the
+    loaded database before the clock starts (a proposed migration)."""
+    reference, *flags = spec.split("+")
+    sql_files = [f.removeprefix("sql=") for f in flags if f.startswith("sql=")]
+    settings = portraitkit_settings(uvloop="uvloop" in flags)
+    if reference:
+        settings["worker_class"] = reference
+    label = " + ".join(
+        [Path(reference.split(":")[0]).name if reference else "current worker"]
+        + (["uvloop"] if "uvloop" in flags else [])
+        + [Path(f).name for f in sql_files]
+    )
+    return Config(
+        key,
+        "portraitkit",
+        f"candidate: {label}",
+        settings,
+        setup_sql="\n".join(Path(f).read_text() for f in sql_files),
+    )
 
 
 # -- each system: schema, queue, progress ---------------------------------------------------
@@ -163,8 +204,9 @@ class Portraitkit(System):
         batches = items // STYLES_PER_BATCH
         with open_connection(url) as conn:
             users = [r[0] for r in conn.execute("select id from public.profiles order by id")]
-            per_user = {u: batches // len(users) + (n < batches % len(users))
-                        for n, u in enumerate(users)}
+            per_user = {
+                u: batches // len(users) + (n < batches % len(users)) for n, u in enumerate(users)
+            }
             load_batches(conn, per_user, STYLES_PER_BATCH, mix={"pending": 100})
             conn.commit()
 
@@ -177,8 +219,10 @@ class Portraitkit(System):
             "  from public.generations"
         ).fetchone()
         if done != items or twice or unfinished:
-            raise RuntimeError(f"portraitkit: {done}/{items} completed, {twice} claimed twice, "
-                               f"{unfinished} batches not completed")
+            raise RuntimeError(
+                f"portraitkit: {done}/{items} completed, {twice} claimed twice, "
+                f"{unfinished} batches not completed"
+            )
 
 
 class Procrastinate(System):
@@ -223,8 +267,9 @@ class Pgqueuer(System):
 
     def install(self, url: str) -> None:
         pgq = Path(sys.executable).with_name("pgq")
-        subprocess.run([str(pgq), "--pg-dsn", as_uri(url), "install"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(pgq), "--pg-dsn", as_uri(url), "install"], check=True, capture_output=True
+        )
 
     def load(self, url: str, items: int) -> None:
         async def enqueue() -> None:
@@ -235,7 +280,8 @@ class Pgqueuer(System):
             connection = await asyncpg.connect(dsn=as_uri(url))
             try:
                 await Queries(AsyncpgDriver(connection)).enqueue(
-                    [PGQUEUER_ENTRYPOINT] * items, [None] * items, [0] * items)
+                    [PGQUEUER_ENTRYPOINT] * items, [None] * items, [0] * items
+                )
             finally:
                 await connection.close()
 
@@ -262,9 +308,11 @@ class Ceiling(System):
 
     def load(self, url: str, items: int) -> None:
         with open_connection(url, autocommit=True) as conn:
-            conn.execute(f"insert into {CEILING_TABLE} (payload)"
-                         " select jsonb_build_object('n', i) from generate_series(1, %s) i",
-                         (items,))
+            conn.execute(
+                f"insert into {CEILING_TABLE} (payload)"
+                " select jsonb_build_object('n', i) from generate_series(1, %s) i",
+                (items,),
+            )
 
     def check(self, conn: Connection, items: int) -> None:
         (done,) = conn.execute(self.done_sql).fetchone()
@@ -315,21 +363,35 @@ class Run:
         return self.items / self.seconds
 
 
-def run_once(context: Any, server_url: str, template: dict[str, str], config: Config,
-             processes: int, items: int, profile: str | None = None) -> Run:
+def run_once(
+    context: Any,
+    server_url: str,
+    template: dict[str, str],
+    config: Config,
+    processes: int,
+    items: int,
+    profile: str | None = None,
+) -> Run:
     system = SYSTEMS[config.system]
     with scratch_database(server_url, config.system, template=template[config.system]) as url:
         system.load(url, items)
         with open_connection(url, autocommit=True) as conn:
+            if config.setup_sql:
+                conn.execute(config.setup_sql)
             for table in system.tables:
                 conn.execute(f"vacuum analyze {table}")
             conn.execute("checkpoint")
             settings = {**config.settings, **({"profile": profile} if profile else {})}
             ready = context.Queue()
             go = context.Event()
-            workers = [context.Process(target=serve, daemon=True,
-                                       args=(config.system, as_uri(url), settings, ready, go))
-                       for _ in range(processes)]
+            workers = [
+                context.Process(
+                    target=serve,
+                    daemon=True,
+                    args=(config.system, as_uri(url), settings, ready, go),
+                )
+                for _ in range(processes)
+            ]
             for worker in workers:
                 worker.start()
             try:
@@ -341,33 +403,49 @@ def run_once(context: Any, server_url: str, template: dict[str, str], config: Co
     return run
 
 
-def _timed(conn: Connection, system: System, config: Config, clients: list[psutil.Process],
-           go: Any, items: int, workers: list[Any]) -> Run:
+def _timed(
+    conn: Connection,
+    system: System,
+    config: Config,
+    clients: list[psutil.Process],
+    go: Any,
+    items: int,
+    workers: list[Any],
+) -> Run:
     """Open the window, wait for the last job, read what it cost."""
     server = ServerCpu(conn)
     window = time.monotonic()
     machine_before, client_before = _machine_busy(), sum(_cpu(c) for c in clients)
     server_before = server.snapshot()
-    started, wal_before = conn.execute(
-        "select clock_timestamp(), pg_current_wal_lsn()").fetchone()
+    started, wal_before = conn.execute("select clock_timestamp(), pg_current_wal_lsn()").fetchone()
     go.set()
     deadline = time.monotonic() + RUN_TIMEOUT
     while (conn.execute(system.done_sql).fetchone()[0] or 0) < items:
         if time.monotonic() > deadline or not any(w.is_alive() for w in workers):
-            raise RuntimeError(f"{config.key}: not done after {RUN_TIMEOUT:.0f} s, or its "
-                               "workers died")
+            raise RuntimeError(
+                f"{config.key}: not done after {RUN_TIMEOUT:.0f} s, or its workers died"
+            )
         time.sleep(POLL_SECONDS)
     (last,) = conn.execute(system.last_sql).fetchone()
-    (wal,) = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)",
-                          (wal_before,)).fetchone()
+    (wal,) = conn.execute(
+        "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal_before,)
+    ).fetchone()
     server_cpu = ServerCpu.between(server_before, server.snapshot()) if server.available else None
     client_cpu = sum(_cpu(c) for c in clients) - client_before
     machine = _machine_busy() - machine_before
     window = time.monotonic() - window
     # Cores busy with anything but this run, on average over the window.
     others = (machine - client_cpu - server_cpu) / window if server_cpu is not None else None
-    return Run(config.key, len(clients), items, (last - started).total_seconds(), server_cpu,
-               client_cpu, others, float(wal))
+    return Run(
+        config.key,
+        len(clients),
+        items,
+        (last - started).total_seconds(),
+        server_cpu,
+        client_cpu,
+        others,
+        float(wal),
+    )
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -404,9 +482,17 @@ def measure(server_url: str, items: int, rounds: int, chosen: list[Config]) -> l
     # Worker processes fork from a server process that has imported everything once: a
     # clean interpreter per worker (no inherited connections) without paying for imports.
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["_queue_runners", "portraitkit.worker",
-                                    "portraitkit.transports.postgres", "procrastinate",
-                                    "pgqueuer", "asyncpg", "uvloop"])
+    context.set_forkserver_preload(
+        [
+            "_queue_runners",
+            "portraitkit.worker",
+            "portraitkit.transports.postgres",
+            "procrastinate",
+            "pgqueuer",
+            "asyncpg",
+            "uvloop",
+        ]
+    )
     runs: list[Run] = []
     with templates(server_url, {c.system for c in chosen}) as template:
         for round_no in range(rounds):
@@ -415,8 +501,10 @@ def measure(server_url: str, items: int, rounds: int, chosen: list[Config]) -> l
                 shift = (round_no * len(PROCESSES) + processes) % len(todo)
                 for config in todo[shift:] + todo[:shift]:
                     run = run_once(context, server_url, template, config, processes, items)
-                    log.print(f"[dim]round {round_no + 1}/{rounds}  {processes} process(es)  "
-                              f"{config.key:<14} {run.per_second:8,.0f}/s[/]")
+                    log.print(
+                        f"[dim]round {round_no + 1}/{rounds}  {processes} process(es)  "
+                        f"{config.key:<14} {run.per_second:8,.0f}/s[/]"
+                    )
                     runs.append(run)
     return runs
 
@@ -445,7 +533,8 @@ def results_of(runs: list[Run], chosen: list[Config]) -> dict[str, Any]:
                 "per_second_runs": [r.per_second for r in mine],
                 "server_cpu_us_per_item": _median(server),
                 "client_cpu_us_per_item": statistics.median(
-                    r.client_cpu / r.items * 1e6 for r in mine),
+                    r.client_cpu / r.items * 1e6 for r in mine
+                ),
                 "wal_bytes_per_item": statistics.median(r.wal_bytes / r.items for r in mine),
                 "other_load_cores": _median(others),
             }
@@ -456,8 +545,11 @@ def results_of(runs: list[Run], chosen: list[Config]) -> dict[str, Any]:
             value["vs_pgqueuer_best"] = ratio(value["per_second"], base)
         out["processes"][p] = {
             "pgqueuer_best": best,
-            "target_met": (entry["portraitkit"]["per_second"] >= base
-                           if best and "portraitkit" in entry else None),
+            "target_met": (
+                entry["portraitkit"]["per_second"] >= base
+                if best and "portraitkit" in entry
+                else None
+            ),
             "systems": entry,
         }
     return out
@@ -475,17 +567,24 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
         f"PostgreSQL {facts['postgres']}, {facts['cpus']} CPUs, "
         f"synchronous_commit={facts['synchronous_commit']}.",
     )
-    for name, justify in [("processes", "right"), ("system", "left"), ("items/s", "right"),
-                          ("each round", "right"), ("server CPU\nper item", "right"),
-                          ("client CPU\nper item", "right"), ("WAL\nper item", "right"),
-                          ("other\nload", "right"), ("vs pgqueuer\nbest", "right")]:
+    for name, justify in [
+        ("processes", "right"),
+        ("system", "left"),
+        ("items/s", "right"),
+        ("each round", "right"),
+        ("server CPU\nper item", "right"),
+        ("client CPU\nper item", "right"),
+        ("WAL\nper item", "right"),
+        ("other\nload", "right"),
+        ("vs pgqueuer\nbest", "right"),
+    ]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p, entry in results["processes"].items():
         rows = list(entry["systems"].items())
         for n, (key, r) in enumerate(rows):
             vs = f"{r['vs_pgqueuer_best']:.2f}"
-            if key == "portraitkit" and entry["target_met"] is not None:
-                vs += f" {verdict(entry['target_met'])}"
+            if (key == "portraitkit" or key.startswith("candidate-")) and entry["pgqueuer_best"]:
+                vs += f" {verdict(r['vs_pgqueuer_best'] >= 1.0)}"
             if key == entry["pgqueuer_best"]:
                 vs += " (best)"
             table.add_row(
@@ -509,22 +608,33 @@ def _us(value: float | None) -> str:
 
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--items", type=int, help="jobs per run (default 10,000; 3,000 with --quick)")
+    p.add_argument("--items", type=int, help="jobs per run (default 6,000; 2,000 with --quick)")
     p.add_argument("--rounds", type=int, help="rounds (default 2; 1 with --quick)")
-    p.add_argument("--only", help="comma-separated keys to run (ceiling-1, ceiling-20, "
-                   "procrastinate, pgqueuer-100, portraitkit, ...)")
-    p.add_argument("--candidate", metavar="PATH.py:Class[+uvloop]",
-                   help="also run a candidate Worker class (a proposed change), side by side")
-    p.add_argument("--profile", metavar="PREFIX",
-                   help="instead of the comparison: cProfile portraitkit's workers into "
-                   "PREFIX.<processes>p.<pid>.pstats")
+    p.add_argument(
+        "--only",
+        help="comma-separated keys to run (ceiling-1, ceiling-20, "
+        "procrastinate, pgqueuer-100, portraitkit, ...)",
+    )
+    p.add_argument(
+        "--candidate",
+        action="append",
+        metavar="[PATH.py:Class][+uvloop][+sql=FILE]",
+        help="also run a proposed change beside the current worker (repeatable): a Worker "
+        "class to use instead, its event loop, SQL to run first (a proposed migration)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="instead of the comparison: cProfile portraitkit's workers into "
+        "PREFIX.<processes>p.<pid>.pstats",
+    )
     args = p.parse_args()
-    items = args.items or (3_000 if args.quick else 10_000)
+    items = args.items or (2_000 if args.quick else 6_000)
     rounds = args.rounds or (1 if args.quick else 2)
     chosen = configs(args.candidate)
     if args.only:
-        keys = set(args.only.split(",")) | ({"candidate"} if args.candidate else set())
-        chosen = [c for c in chosen if c.key in keys]
+        keys = set(args.only.split(","))
+        chosen = [c for c in chosen if c.key in keys or c.key.startswith("candidate-")]
     with bench_server(args.database_url, "throughput") as server_url:
         with open_connection(server_url, autocommit=True) as admin:
             facts = server_facts(admin)
@@ -543,10 +653,19 @@ def profile(server_url: str, items: int, chosen: list[Config], prefix: str) -> N
     config = next(c for c in reversed(chosen) if c.system == "portraitkit")
     with templates(server_url, {"portraitkit"}) as template:
         for processes in PROCESSES:
-            run = run_once(context, server_url, template, config, processes, items,
-                           profile=f"{prefix}.{processes}p")
-            log.print(f"{config.key}, {processes} process(es): {run.per_second:,.0f}/s "
-                      f"(under cProfile) -> {prefix}.{processes}p.<pid>.pstats")
+            run = run_once(
+                context,
+                server_url,
+                template,
+                config,
+                processes,
+                items,
+                profile=f"{prefix}.{processes}p",
+            )
+            log.print(
+                f"{config.key}, {processes} process(es): {run.per_second:,.0f}/s "
+                f"(under cProfile) -> {prefix}.{processes}p.<pid>.pstats"
+            )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def create_local_user(
         row = conn.execute(
             "insert into auth.users (email, aud, role, raw_app_meta_data)"
             " values (%s, 'authenticated', 'authenticated',"
-            " '{\"provider\": \"email\", \"providers\": [\"email\"]}') returning id",
+            ' \'{"provider": "email", "providers": ["email"]}\') returning id',
             (email,),
         ).fetchone()
         assert row is not None

@@ -66,7 +66,11 @@ class PortraitClient:
         """
         if self.storage is None:
             raise RuntimeError("This client has no storage: pass one to upload images.")
-        data = source if isinstance(source, bytes) else await asyncio.to_thread(Path(source).read_bytes)
+        data = (
+            source
+            if isinstance(source, bytes)
+            else await asyncio.to_thread(Path(source).read_bytes)
+        )
         info = validate_source_image(data)
         path = source_object_path(self.user_id, data, info)
         await self.storage.put(path, data, info.content_type)
@@ -187,7 +191,9 @@ class SyncPortraitClient:
         custom_prompt: str | None = None,
         idempotency_key: str | None = None,
     ) -> UUID:
-        return self._run(self._client.create_batch(style_keys, source, custom_prompt, idempotency_key))
+        return self._run(
+            self._client.create_batch(style_keys, source, custom_prompt, idempotency_key)
+        )
 
     def list_batches(
         self, status: BatchStatus | str | None = None, page_size: int = 20, after: str | None = None

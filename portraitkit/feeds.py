@@ -64,8 +64,14 @@ class NotifyFeed(_Doorbell):
     on ``portraitkit_batches``), so a watcher of one batch ignores everyone else's.
     """
 
-    def __init__(self, conninfo: str, channel: str = GENERATIONS_CHANNEL, *,
-                 max_backoff: float = 10.0, payload: str | None = None):
+    def __init__(
+        self,
+        conninfo: str,
+        channel: str = GENERATIONS_CHANNEL,
+        *,
+        max_backoff: float = 10.0,
+        payload: str | None = None,
+    ):
         super().__init__()
         self.conninfo = conninfo
         self.channel = channel
@@ -85,7 +91,9 @@ class NotifyFeed(_Doorbell):
                 async with await psycopg.AsyncConnection.connect(
                     self.conninfo, autocommit=True, application_name="portraitkit-listen"
                 ) as conn:
-                    await conn.execute(psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(self.channel)))
+                    await conn.execute(
+                        psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(self.channel))
+                    )
                     self.connected.set()
                     self.ring()  # anything may have happened while we were away
                     delay = 0.2
@@ -96,7 +104,9 @@ class NotifyFeed(_Doorbell):
                 raise
             except Exception as exc:  # the database went away: wait, then listen again
                 self.connected.clear()
-                log.info("feed lost", extra={"event": "feed_lost", "error": str(exc), "retry_in": delay})
+                log.info(
+                    "feed lost", extra={"event": "feed_lost", "error": str(exc), "retry_in": delay}
+                )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self.max_backoff)
 
@@ -114,8 +124,13 @@ class RealtimeFeed(_Doorbell):
     is why this is only a doorbell: the worker polls as well.
     """
 
-    def __init__(self, client: Any, table: str = "generations", event: str = "INSERT",
-                 filter: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str = "generations",
+        event: str = "INSERT",
+        filter: str | None = None,
+    ) -> None:
         super().__init__()
         self._client = client
         self._table = table
@@ -125,8 +140,11 @@ class RealtimeFeed(_Doorbell):
 
     async def start(self) -> RealtimeFeed:
         channel = self._client.channel(f"portraitkit-{self._table}-{random.getrandbits(32):x}")
-        kwargs: dict[str, Any] = {"schema": "public", "table": self._table,
-                                  "callback": lambda _payload: self.ring()}
+        kwargs: dict[str, Any] = {
+            "schema": "public",
+            "table": self._table,
+            "callback": lambda _payload: self.ring(),
+        }
         if self._filter:
             kwargs["filter"] = self._filter
         channel.on_postgres_changes(self._event, **kwargs)

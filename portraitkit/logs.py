@@ -40,7 +40,10 @@ class _QuietFilter(logging.Filter):
     """Without -v: warnings, plus the worker's start and stop lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or getattr(record, "event", None) in ("start", "stop")
+        return record.levelno >= logging.WARNING or getattr(record, "event", None) in (
+            "start",
+            "stop",
+        )
 
 
 def configure_logging(verbose: bool = False, stream: TextIO | None = None) -> None:

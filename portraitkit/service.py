@@ -33,9 +33,13 @@ def default_generators(settings: Settings) -> Callable[[str], Generator]:
         if name == "http":
             if settings.image_api_token is None:
                 raise ConfigurationError(
-                    "The http generator needs PORTRAITKIT_IMAGE_API_TOKEN (or REPLICATE_API_TOKEN).")
-            return get_generator("http", api_token=settings.image_api_token.get_secret_value(),
-                                 base_url=settings.image_api_url)
+                    "The http generator needs PORTRAITKIT_IMAGE_API_TOKEN (or REPLICATE_API_TOKEN)."
+                )
+            return get_generator(
+                "http",
+                api_token=settings.image_api_token.get_secret_value(),
+                base_url=settings.image_api_url,
+            )
         return get_generator(name)
 
     return build
@@ -59,12 +63,16 @@ async def open_worker(
         if settings.supabase_url is None or settings.supabase_service_role_key is None:
             raise ConfigurationError("The worker on Supabase needs SUPABASE_SERVICE_ROLE_KEY.")
         transport: Any = await SupabaseTransport.service(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value())
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
         storage: Any = transport.storage()
         try:
             feed = await RealtimeFeed(transport.client).start()
         except Exception as exc:  # realtime is a doorbell: polling still finds the work
-            log.warning("realtime unavailable, polling only", extra={"event": "feed_lost", "error": str(exc)})
+            log.warning(
+                "realtime unavailable, polling only",
+                extra={"event": "feed_lost", "error": str(exc)},
+            )
             feed = PollingFeed()
     else:
         url = await asyncio.to_thread(database_url, settings)

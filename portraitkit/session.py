@@ -37,7 +37,9 @@ class LocalTokens:
     def __call__(self) -> str:
         if self._token is None or time.time() > self._expires - REFRESH_MARGIN_SECONDS:
             self._token = issue_user_token(self.secret, self.user.id, self.user.email)
-            self._expires = float(jwt.decode(self._token, options={"verify_signature": False})["exp"])
+            self._expires = float(
+                jwt.decode(self._token, options={"verify_signature": False})["exp"]
+            )
         return self._token
 
 
@@ -95,12 +97,16 @@ async def _open_supabase(
     from portraitkit.transports.supabase import SupabaseTransport
 
     if settings.supabase_url is None or settings.supabase_anon_key is None:
-        raise ConfigurationError("A user session on Supabase needs SUPABASE_URL and SUPABASE_ANON_KEY.")
+        raise ConfigurationError(
+            "A user session on Supabase needs SUPABASE_URL and SUPABASE_ANON_KEY."
+        )
     url, key = settings.supabase_url, settings.supabase_anon_key.get_secret_value()
     if access_token is not None:
         transport = await SupabaseTransport.from_access_token(url, key, access_token)
     elif user is not None and password is not None:
         transport = await SupabaseTransport.sign_in(url, key, user, password)
     else:
-        raise NotAuthenticated("On Supabase, sign in with an email and password or an access token.")
+        raise NotAuthenticated(
+            "On Supabase, sign in with an email and password or an access token."
+        )
     return PortraitClient(transport, transport.storage())

@@ -47,16 +47,20 @@ class Settings(BaseSettings):
         None, validation_alias=_env("PORTRAITKIT_JWT_SECRET", "jwt_secret")
     )
     generator: str | None = Field(
-        None, validation_alias=_env("PORTRAITKIT_GENERATOR", "generator"),
+        None,
+        validation_alias=_env("PORTRAITKIT_GENERATOR", "generator"),
         description="Render every style with this generator (local, http, noop) instead of "
         "the one the styles catalogue names.",
     )
     image_api_url: str = Field(
-        "https://api.replicate.com", validation_alias=_env("PORTRAITKIT_IMAGE_API_URL", "image_api_url")
+        "https://api.replicate.com",
+        validation_alias=_env("PORTRAITKIT_IMAGE_API_URL", "image_api_url"),
     )
     image_api_token: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("PORTRAITKIT_IMAGE_API_TOKEN", "REPLICATE_API_TOKEN", "image_api_token"),
+        validation_alias=AliasChoices(
+            "PORTRAITKIT_IMAGE_API_TOKEN", "REPLICATE_API_TOKEN", "image_api_token"
+        ),
     )
 
     @property

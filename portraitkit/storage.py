@@ -17,7 +17,13 @@ from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from portraitkit.errors import DatabaseUnavailable, InvalidInput, NotAllowed, NotFound, PortraitkitError
+from portraitkit.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    PortraitkitError,
+)
 
 DEFAULT_BUCKET = "portraits"
 MAX_SOURCE_BYTES = 20 * 1024 * 1024
@@ -173,7 +179,9 @@ class SupabaseStorage:
 
     async def put(self, path: str, data: bytes, content_type: str) -> None:
         try:
-            await self._bucket().upload(path, data, {"content-type": content_type, "upsert": "true"})
+            await self._bucket().upload(
+                path, data, {"content-type": content_type, "upsert": "true"}
+            )
         except Exception as exc:
             raise _storage_error(exc, path) from exc
 

@@ -119,15 +119,19 @@ class _Completer:
             try:
                 accepted = await self._queue.rpc(
                     "complete_generations",
-                    {"worker_id": self._worker_id,
-                     "generation_ids": [b[0] for b in batch],
-                     "image_paths": [b[1] for b in batch]},
+                    {
+                        "worker_id": self._worker_id,
+                        "generation_ids": [b[0] for b in batch],
+                        "image_paths": [b[1] for b in batch],
+                    },
                 )
                 break
             except DatabaseUnavailable as exc:
                 # Keep the results: the lease may still hold when the database is back.
-                log.warning("complete failed, retrying", extra={"event": "db_unavailable",
-                                                                "error": str(exc), "retry_in": delay})
+                log.warning(
+                    "complete failed, retrying",
+                    extra={"event": "db_unavailable", "error": str(exc), "retry_in": delay},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         done = {str(a) for a in accepted or []}
@@ -184,8 +188,10 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._recover_loop(), name="recover"),
         ]
-        log.info("worker started", extra={"event": "start", "worker": opts.worker_id,
-                                          "concurrency": opts.concurrency})
+        log.info(
+            "worker started",
+            extra={"event": "start", "worker": opts.worker_id, "concurrency": opts.concurrency},
+        )
         try:
             await self._claim_loop(once)
         finally:
@@ -198,7 +204,9 @@ class Worker:
                 close = getattr(generator, "aclose", None)
                 if close is not None:
                     await close()
-        log.info("worker stopped", extra={"event": "stop", "worker": opts.worker_id, **vars(self.stats)})
+        log.info(
+            "worker stopped", extra={"event": "stop", "worker": opts.worker_id, **vars(self.stats)}
+        )
         return self.stats
 
     async def _claim_loop(self, once: bool) -> None:
@@ -212,14 +220,19 @@ class Worker:
                 try:
                     claimed = await self.queue.rpc(
                         "claim_generations",
-                        {"worker_id": opts.worker_id, "max_items": free,
-                         "lease_seconds": opts.lease_seconds,
-                         "max_running_per_user": opts.max_running_per_user},
+                        {
+                            "worker_id": opts.worker_id,
+                            "max_items": free,
+                            "lease_seconds": opts.lease_seconds,
+                            "max_running_per_user": opts.max_running_per_user,
+                        },
                     )
                     backoff = 0.2
                 except DatabaseUnavailable as exc:
-                    log.warning("claim failed", extra={"event": "db_unavailable", "error": str(exc),
-                                                       "retry_in": backoff})
+                    log.warning(
+                        "claim failed",
+                        extra={"event": "db_unavailable", "error": str(exc), "retry_in": backoff},
+                    )
                     await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                     backoff = min(backoff * 2, 10.0)
                     continue
@@ -279,9 +292,15 @@ class Worker:
         try:
             source = await self._sources.get(item.source_image_path)
             generator = self._generator(self.options.generator or item.generator)
-            image = await generator.generate(GenerationRequest(
-                source=source, style_key=item.style_key, prompt=item.prompt,
-                custom_prompt=item.custom_prompt, model=item.model))
+            image = await generator.generate(
+                GenerationRequest(
+                    source=source,
+                    style_key=item.style_key,
+                    prompt=item.prompt,
+                    custom_prompt=item.custom_prompt,
+                    model=item.model,
+                )
+            )
             if key in self._lost:
                 outcome = "discarded"
                 return
@@ -306,10 +325,19 @@ class Worker:
                 self._lost.discard(key)
             self._slot_freed.set()
             if log.isEnabledFor(logging.INFO):
-                log.info("item %s", outcome, extra={
-                    "event": "item", "item": key, "batch": str(item.batch_id),
-                    "style": item.style_key, "attempt": item.attempts,
-                    "duration_ms": round((time.perf_counter() - started) * 1000), "outcome": outcome})
+                log.info(
+                    "item %s",
+                    outcome,
+                    extra={
+                        "event": "item",
+                        "item": key,
+                        "batch": str(item.batch_id),
+                        "style": item.style_key,
+                        "attempt": item.attempts,
+                        "duration_ms": round((time.perf_counter() - started) * 1000),
+                        "outcome": outcome,
+                    },
+                )
 
     async def _fail(self, item: ClaimedGeneration, exc: Exception) -> str:
         retryable = not isinstance(exc, PermanentGenerationError)
@@ -319,8 +347,12 @@ class Worker:
             try:
                 status = await self.queue.rpc(
                     "fail_generation",
-                    {"worker_id": self.options.worker_id, "generation_id": str(item.id),
-                     "error": message[:2000], "retryable": retryable},
+                    {
+                        "worker_id": self.options.worker_id,
+                        "generation_id": str(item.id),
+                        "error": message[:2000],
+                        "retryable": retryable,
+                    },
                 )
                 break
             except DatabaseUnavailable:
@@ -344,8 +376,11 @@ class Worker:
             try:
                 held = await self.queue.rpc(
                     "heartbeat_generations",
-                    {"worker_id": self.options.worker_id, "generation_ids": ids,
-                     "lease_seconds": self.options.lease_seconds},
+                    {
+                        "worker_id": self.options.worker_id,
+                        "generation_ids": ids,
+                        "lease_seconds": self.options.lease_seconds,
+                    },
                 )
             except DatabaseUnavailable:
                 continue
@@ -366,13 +401,18 @@ class Worker:
         """Let in-flight items finish within the grace period, then give the rest back."""
         if self._running:
             _done, late = await asyncio.wait(
-                set(self._running.values()), timeout=self.options.shutdown_grace_seconds)
+                set(self._running.values()), timeout=self.options.shutdown_grace_seconds
+            )
             if late:
                 ids = [t.get_name() for t in late]
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
                 with contextlib.suppress(DatabaseUnavailable):
-                    self.stats.released += int(await self.queue.rpc(
-                        "release_generations",
-                        {"worker_id": self.options.worker_id, "generation_ids": ids}) or 0)
+                    self.stats.released += int(
+                        await self.queue.rpc(
+                            "release_generations",
+                            {"worker_id": self.options.worker_id, "generation_ids": ids},
+                        )
+                        or 0
+                    )

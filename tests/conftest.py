@@ -81,12 +81,19 @@ def template_url(pg_server: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture(scope="module")
-def db_url(pg_server: EmbeddedPostgres, template_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+def db_url(
+    pg_server: EmbeddedPostgres, template_url: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
     server_url = pg_server.ensure_running()
     name = "t_" + request.module.__name__.rsplit(".", 1)[-1][:40] + "_" + uuid.uuid4().hex[:6]
     with connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {} template {}").format(
-            sql.Identifier(name), sql.Identifier(TEMPLATE)))
+        admin.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
     yield make_conninfo(server_url, dbname=name)
     with connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )

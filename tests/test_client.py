@@ -60,8 +60,10 @@ async def make_client(
         async def make(credits: int = 30) -> PortraitClient:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 user = create_local_user(conn, f"{uuid.uuid4().hex[:10]}@example.test", credits)
-            client = PortraitClient(PostgresTransport(pool, LocalTokens(SECRET, user), SECRET),
-                                    LocalStorage(tmp_path / "storage"))
+            client = PortraitClient(
+                PostgresTransport(pool, LocalTokens(SECRET, user), SECRET),
+                LocalStorage(tmp_path / "storage"),
+            )
             clients.append(client)
             return client
     else:
@@ -69,16 +71,24 @@ async def make_client(
 
         respx_mock = request.getfixturevalue("respx_mock")
         gateway = Gateway(db_url, SECRET, storage_root=tmp_path / "storage").mount(
-            respx_mock, base_url=BASE_URL)
+            respx_mock, base_url=BASE_URL
+        )
 
         async def make(credits: int = 30) -> PortraitClient:
-            user = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=credits)
+            user = gateway.add_user(
+                f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=credits
+            )
             transport = await SupabaseTransport.sign_in(
-                BASE_URL, gateway.anon_key, user.email, PASSWORD,
-                retry=RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.002))
+                BASE_URL,
+                gateway.anon_key,
+                user.email,
+                PASSWORD,
+                retry=RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.002),
+            )
             client = PortraitClient(transport, transport.storage())
             clients.append(client)
             return client
+
     yield make
     for client in clients:
         await client.aclose()
@@ -97,23 +107,41 @@ def service_call(db_url: str, function: str, **args: Any) -> Any:
 def finish_items(db_url: str, batch_id: uuid.UUID, outcomes: list[str]) -> None:
     """Claim this batch's items and complete or fail them in order."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("update public.generations set status = 'cancelled'"
-                     " where status = 'pending' and batch_id <> %s", (batch_id,))
-    claimed = sorted(service_call(db_url, "claim_generations", worker_id="t", max_items=50),
-                     key=lambda r: r["style_key"])
+        conn.execute(
+            "update public.generations set status = 'cancelled'"
+            " where status = 'pending' and batch_id <> %s",
+            (batch_id,),
+        )
+    claimed = sorted(
+        service_call(db_url, "claim_generations", worker_id="t", max_items=50),
+        key=lambda r: r["style_key"],
+    )
     claimed = [c for c in claimed if str(c["batch_id"]) == str(batch_id)]
     for item, outcome in zip(claimed, outcomes, strict=False):
         if outcome == "completed":
-            service_call(db_url, "complete_generation", worker_id="t", generation_id=item["id"],
-                         image_path=f"{item['user_id']}/{batch_id}/{item['id']}.png")
+            service_call(
+                db_url,
+                "complete_generation",
+                worker_id="t",
+                generation_id=item["id"],
+                image_path=f"{item['user_id']}/{batch_id}/{item['id']}.png",
+            )
         else:
-            service_call(db_url, "fail_generation", worker_id="t", generation_id=item["id"],
-                         error="model error", retryable=False)
+            service_call(
+                db_url,
+                "fail_generation",
+                worker_id="t",
+                generation_id=item["id"],
+                error="model error",
+                retryable=False,
+            )
 
 
 async def gallery_script(client: PortraitClient) -> tuple[uuid.UUID, list[uuid.UUID]]:
     """The README's script: upload a photo, create a batch, list the gallery."""
-    batch_id = await client.create_batch(["pencil_sketch", "pop_art"], png(), custom_prompt="smiling")
+    batch_id = await client.create_batch(
+        ["pencil_sketch", "pop_art"], png(), custom_prompt="smiling"
+    )
     page = await client.list_batches()
     return batch_id, [b.id for b in page.items]
 
@@ -157,7 +185,9 @@ async def test_get_batch_shows_items(make_client: MakeClient) -> None:
     batch = await client.get_batch(batch_id)
     assert batch.id == batch_id and batch.status is BatchStatus.PENDING
     assert [(i.style_key, i.style_name, i.status) for i in batch.items] == [
-        ("noir", "Film Noir", GenerationStatus.PENDING), ("poster", "Poster", GenerationStatus.PENDING)]
+        ("noir", "Film Noir", GenerationStatus.PENDING),
+        ("poster", "Poster", GenerationStatus.PENDING),
+    ]
     assert (batch.total_count, batch.completed_count, batch.progress) == (2, 0, 0)
 
 
@@ -228,13 +258,22 @@ ERROR_CASES: list[tuple[str, dict[str, Any], type[errors.PortraitkitError]]] = [
     ("duplicate", {"style_keys": ["poster", "poster"]}, errors.DuplicateStyle),
     ("unknown", {"style_keys": ["nope"]}, errors.UnknownStyle),
     ("prompt", {"custom_prompt": "x" * 600}, errors.PromptTooLong),
-    ("credits", {"style_keys": ["oil_painting"] * 1 + ["impressionist", "watercolor"]}, errors.InsufficientCredits),
+    (
+        "credits",
+        {"style_keys": ["oil_painting"] * 1 + ["impressionist", "watercolor"]},
+        errors.InsufficientCredits,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "override", "error"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("case", "override", "error"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES]
+)
 async def test_every_create_error_is_typed(
-    make_client: MakeClient, case: str, override: dict[str, Any], error: type[errors.PortraitkitError]
+    make_client: MakeClient,
+    case: str,
+    override: dict[str, Any],
+    error: type[errors.PortraitkitError],
 ) -> None:
     client = await make_client(credits=5)
     args: dict[str, Any] = {"style_keys": ["poster"], "source": f"{client.user_id}/sources/x.png"}
@@ -266,7 +305,12 @@ async def test_another_users_batch_is_out_of_reach(make_client: MakeClient) -> N
     alice, mallory = await make_client(), await make_client()
     batch_id = await alice.create_batch(["poster"], png())
     assert (await mallory.list_batches()).items == []
-    for call in (mallory.get_batch, mallory.cancel_batch, mallory.retry_failed, mallory.delete_batch):
+    for call in (
+        mallory.get_batch,
+        mallory.cancel_batch,
+        mallory.retry_failed,
+        mallory.delete_batch,
+    ):
         with pytest.raises(errors.BatchNotFound):
             await call(batch_id)
     assert (await mallory.stats()).batches == 0
@@ -283,8 +327,10 @@ def test_sync_facade_runs_the_same_calls(db_url: str, tmp_path: Path) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         user = create_local_user(conn, f"{uuid.uuid4().hex[:10]}@example.test", 10)
     pool = make_pool(db_url, max_size=2)
-    client = PortraitClient(PostgresTransport(pool, LocalTokens(SECRET, user), SECRET, owns_pool=True),
-                            LocalStorage(tmp_path))
+    client = PortraitClient(
+        PostgresTransport(pool, LocalTokens(SECRET, user), SECRET, owns_pool=True),
+        LocalStorage(tmp_path),
+    )
     with SyncPortraitClient(client) as sync:
         sync._run(pool.open())
         batch_id = sync.create_batch(["poster", "noir"], png())

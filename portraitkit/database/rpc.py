@@ -22,9 +22,7 @@ from psycopg.types.json import Jsonb
 from portraitkit.errors import PortraitkitError, error_from_postgres
 
 ANON_ROLE = "anon"
-SET_REQUEST = (
-    "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
-)
+SET_REQUEST = "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
 
 
 def request_settings(claims: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -58,7 +56,10 @@ def translate(exc: psycopg.Error, role: str | None = None) -> PortraitkitError:
     diag = exc.diag
     status = (401 if role == ANON_ROLE else 403) if exc.sqlstate == "42501" else None
     return error_from_postgres(
-        exc.sqlstate, diag.message_primary or str(exc), diag.message_detail, diag.message_hint,
+        exc.sqlstate,
+        diag.message_primary or str(exc),
+        diag.message_detail,
+        diag.message_hint,
         status,
     )
 

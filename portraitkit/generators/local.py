@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import re
 
 import cv2
@@ -51,10 +52,15 @@ TINT_STRENGTH = 0.22
 class LocalGenerator:
     """Stylises with the effect registered under the request's style key."""
 
-    def __init__(self, *, max_side: int = DEFAULT_MAX_SIDE) -> None:
+    def __init__(
+        self, *, max_side: int = DEFAULT_MAX_SIDE, max_parallel: int | None = None
+    ) -> None:
         if max_side < MIN_SIDE:
             raise ValueError(f"max_side must be at least {MIN_SIDE}")
         self.max_side = max_side
+        # Rendering is CPU-bound: more renders at once than cores only adds their working
+        # arrays to the worker's memory, never speed.
+        self._renders = asyncio.Semaphore(max_parallel or os.cpu_count() or 1)
 
     @property
     def style_keys(self) -> frozenset[str]:
@@ -63,7 +69,8 @@ class LocalGenerator:
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         # Checked before the thread hop so a bad key fails without touching the pixels.
         _effect_for(request.style_key)
-        return await asyncio.to_thread(self.render, request)
+        async with self._renders:
+            return await asyncio.to_thread(self.render, request)
 
     def render(self, request: GenerationRequest) -> GeneratedImage:
         """The blocking work behind :meth:`generate`: decode, stylise, tint, encode."""

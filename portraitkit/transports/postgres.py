@@ -38,7 +38,12 @@ class PostgresTransport:
     """Calls the SQL contract over psycopg for one identity."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, token: TokenSource, jwt_secret: str, *, owns_pool: bool = False
+        self,
+        pool: AsyncConnectionPool,
+        token: TokenSource,
+        jwt_secret: str,
+        *,
+        owns_pool: bool = False,
     ) -> None:
         self._pool = pool
         self._token = token
@@ -69,8 +74,10 @@ class PostgresTransport:
     async def select(
         self, table: str, *, columns: Sequence[str] = ("*",), order: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
-        cols = sql.SQL("*") if tuple(columns) == ("*",) else sql.SQL(", ").join(
-            map(sql.Identifier, columns)
+        cols = (
+            sql.SQL("*")
+            if tuple(columns) == ("*",)
+            else sql.SQL(", ").join(map(sql.Identifier, columns))
         )
         query = sql.SQL("select {} from public.{}").format(cols, sql.Identifier(table))
         if order:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import jwt
 from postgrest.exceptions import APIError
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from supabase_auth.errors import AuthError, AuthRetryableError
 from supabase_auth.types import AuthChangeEvent, Session
 
@@ -38,7 +39,6 @@ from portraitkit.errors import (
     error_from_payload,
 )
 from portraitkit.storage import DEFAULT_BUCKET, SupabaseStorage
-from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 

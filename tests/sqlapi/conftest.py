@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 
 from portraitkit.database import rpc
 
+
 @pytest.fixture
 def admin(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """A superuser connection (autocommit) for arranging and inspecting state."""

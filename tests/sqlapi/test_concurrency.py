@@ -39,19 +39,29 @@ def test_concurrent_creates_never_overdraw(admin: Any, db_url: str, make_user: A
         for a in actors:  # connect up front so the calls really overlap
             a.conn.execute("select 1")
             a.conn.rollback()
-        results = _run_together(60, lambda i: actors[i].rpc(
-            "create_generation_batch", style_keys=["oil_painting"], source_image_path="s.png"))
+        results = _run_together(
+            60,
+            lambda i: actors[i].rpc(
+                "create_generation_batch", style_keys=["oil_painting"], source_image_path="s.png"
+            ),
+        )
     finally:
         for a in actors:
             a.close()
     ok = [r for r in results if isinstance(r, uuid.UUID)]
     refused = [r for r in results if isinstance(r, errors.InsufficientCredits)]
     assert len(ok) == 16 and len(refused) == 44, Counter(type(r).__name__ for r in results)
-    profile = admin.execute("select total_credits from public.profiles where id = %s",
-                            (user.user_id,)).fetchone()
+    profile = admin.execute(
+        "select total_credits from public.profiles where id = %s", (user.user_id,)
+    ).fetchone()
     assert profile["total_credits"] == 2
-    assert admin.execute("select count(*) as n from public.generation_batches where user_id = %s",
-                         (user.user_id,)).fetchone()["n"] == 16
+    assert (
+        admin.execute(
+            "select count(*) as n from public.generation_batches where user_id = %s",
+            (user.user_id,),
+        ).fetchone()["n"]
+        == 16
+    )
     assert ledger_balances(admin) == []
 
 
@@ -61,22 +71,34 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_batch(
     user = make_user(credits=50)
     actors = [Actor(db_url, user.claims, user.user_id) for _ in range(20)]
     try:
-        results = _run_together(20, lambda i: actors[i].rpc(
-            "create_generation_batch", style_keys=["poster"], source_image_path="s.png",
-            idempotency_key="tap-twice"))
+        results = _run_together(
+            20,
+            lambda i: actors[i].rpc(
+                "create_generation_batch",
+                style_keys=["poster"],
+                source_image_path="s.png",
+                idempotency_key="tap-twice",
+            ),
+        )
     finally:
         for a in actors:
             a.close()
     assert len(set(results)) == 1 and isinstance(results[0], uuid.UUID)
-    assert admin.execute("select total_credits from public.profiles where id = %s",
-                         (user.user_id,)).fetchone()["total_credits"] == 49
+    assert (
+        admin.execute(
+            "select total_credits from public.profiles where id = %s", (user.user_id,)
+        ).fetchone()["total_credits"]
+        == 49
+    )
 
 
 def _big_batch(admin: Any, user_id: uuid.UUID, size: int) -> uuid.UUID:
     """A batch larger than the API allows, built directly to stress the trigger."""
     batch_id = admin.execute(
         "insert into public.generation_batches (user_id, original_image_url) values (%s, 's.png')"
-        " returning id", (user_id,)).fetchone()["id"]
+        " returning id",
+        (user_id,),
+    ).fetchone()["id"]
     admin.execute(
         """
         insert into public.generations (user_id, batch_id, style_key, position, credit_cost, max_attempts)
@@ -92,7 +114,9 @@ def _exact_counts(admin: Any, batch_id: uuid.UUID) -> dict[str, int]:
         r["status"]: r["n"]
         for r in admin.execute(
             "select status::text, count(*)::int as n from public.generations where batch_id = %s"
-            " group by status", (batch_id,)).fetchall()
+            " group by status",
+            (batch_id,),
+        ).fetchall()
     }
 
 
@@ -100,8 +124,10 @@ def _exact_counts(admin: Any, batch_id: uuid.UUID) -> dict[str, int]:
 def test_concurrent_status_changes_keep_counters_exact(
     admin: Any, db_url: str, make_user: Any, round_: int
 ) -> None:
-    admin.execute("update public.generations set status = 'cancelled'"
-                  " where status in ('pending', 'processing')")
+    admin.execute(
+        "update public.generations set status = 'cancelled'"
+        " where status in ('pending', 'processing')"
+    )
     user = make_user(credits=1000)
     size = 120
     batch_id = _big_batch(admin, user.user_id, size)
@@ -115,9 +141,14 @@ def test_concurrent_status_changes_keep_counters_exact(
             claimed: list[Any] = []
             conns[i].execute("set role service_role")
             while True:
-                rows = conns[i].execute(
-                    "select id from public.claim_generations(%s, %s)",
-                    (worker_ids[i], rng.randint(1, 3))).fetchall()
+                rows = (
+                    conns[i]
+                    .execute(
+                        "select id from public.claim_generations(%s, %s)",
+                        (worker_ids[i], rng.randint(1, 3)),
+                    )
+                    .fetchall()
+                )
                 if not rows:
                     conns[i].execute("reset role")
                     return claimed
@@ -127,18 +158,24 @@ def test_concurrent_status_changes_keep_counters_exact(
         assert sum(len(c) for c in claimed) == size
         assert len({g for c in claimed for g in c}) == size  # nobody got an item twice
         mid = batch_row(admin, batch_id)
-        assert (mid["processing_count"], mid["pending_count"], mid["status"]) == (size, 0, "processing")
+        assert (mid["processing_count"], mid["pending_count"], mid["status"]) == (
+            size,
+            0,
+            "processing",
+        )
 
         # Phase 2: everybody finishes its items one by one, each in its own transaction.
         def finish(i: int) -> None:
             conns[i].execute("set role service_role")
             for gid in claimed[i]:
                 if rng.random() < 0.25:
-                    conns[i].execute("select public.fail_generation(%s, %s, 'boom', false)",
-                                     (worker_ids[i], gid))
+                    conns[i].execute(
+                        "select public.fail_generation(%s, %s, 'boom', false)", (worker_ids[i], gid)
+                    )
                 else:
-                    conns[i].execute("select public.complete_generation(%s, %s, 'x.png')",
-                                     (worker_ids[i], gid))
+                    conns[i].execute(
+                        "select public.complete_generation(%s, %s, 'x.png')", (worker_ids[i], gid)
+                    )
             conns[i].execute("reset role")
 
         failures = [r for r in _run_together(threads, finish) if r is not None]
@@ -151,30 +188,48 @@ def test_concurrent_status_changes_keep_counters_exact(
     assert batch["total_count"] == size
     assert batch["completed_count"] == actual.get("completed", 0)
     assert batch["failed_count"] == actual.get("failed", 0)
-    assert (batch["pending_count"], batch["processing_count"], batch["cancelled_count"]) == (0, 0, 0)
-    expected_status = "partial" if actual.get("failed") and actual.get("completed") else (
-        "failed" if actual.get("failed") else "completed")
+    assert (batch["pending_count"], batch["processing_count"], batch["cancelled_count"]) == (
+        0,
+        0,
+        0,
+    )
+    expected_status = (
+        "partial"
+        if actual.get("failed") and actual.get("completed")
+        else ("failed" if actual.get("failed") else "completed")
+    )
     assert batch["status"] == expected_status
     assert ledger_balances(admin) == []
 
 
-def test_cancel_racing_claims_and_completions_stays_exact(admin: Any, db_url: str, make_user: Any) -> None:
-    admin.execute("update public.generations set status = 'cancelled'"
-                  " where status in ('pending', 'processing')")
+def test_cancel_racing_claims_and_completions_stays_exact(
+    admin: Any, db_url: str, make_user: Any
+) -> None:
+    admin.execute(
+        "update public.generations set status = 'cancelled'"
+        " where status in ('pending', 'processing')"
+    )
     user = make_user(credits=1000)
     batch_id = _big_batch(admin, user.user_id, 150)
     threads = 12
     conns = [psycopg.connect(db_url, autocommit=True) for _ in range(threads)]
     try:
+
         def work(i: int) -> None:
             if i == 0:
                 Actor(db_url, user.claims, user.user_id).rpc("cancel_batch", batch_id=batch_id)
                 return
             conns[i].execute("set role service_role")
             for _ in range(10):
-                rows = conns[i].execute("select id from public.claim_generations(%s, 2)", (f"w{i}",)).fetchall()
+                rows = (
+                    conns[i]
+                    .execute("select id from public.claim_generations(%s, 2)", (f"w{i}",))
+                    .fetchall()
+                )
                 for (gid,) in rows:
-                    conns[i].execute("select public.complete_generation(%s, %s, 'x')", (f"w{i}", gid))
+                    conns[i].execute(
+                        "select public.complete_generation(%s, %s, 'x')", (f"w{i}", gid)
+                    )
 
         assert [r for r in _run_together(threads, work) if r is not None] == []
     finally:

@@ -97,7 +97,11 @@ def test_custom_prompt_is_kept_on_batch_and_items(admin: Any, make_user: Any) ->
 
 def test_same_idempotency_key_returns_same_batch_charged_once(admin: Any, make_user: Any) -> None:
     user = make_user(credits=10)
-    args = {"style_keys": ["pop_art", "poster"], "source_image_path": "s.png", "idempotency_key": "k-1"}
+    args = {
+        "style_keys": ["pop_art", "poster"],
+        "source_image_path": "s.png",
+        "idempotency_key": "k-1",
+    }
     first = user.rpc("create_generation_batch", **args)
     second = user.rpc("create_generation_batch", **args)
     assert first == second
@@ -106,22 +110,38 @@ def test_same_idempotency_key_returns_same_batch_charged_once(admin: Any, make_u
 
 def test_idempotency_key_reused_for_other_request_is_a_conflict(admin: Any, make_user: Any) -> None:
     user = make_user(credits=10)
-    user.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png",
-             idempotency_key="k-2")
+    user.rpc(
+        "create_generation_batch",
+        style_keys=["poster"],
+        source_image_path="s.png",
+        idempotency_key="k-2",
+    )
     before = _state(admin, user.user_id)
     with pytest.raises(errors.IdempotencyConflict) as caught:
-        user.rpc("create_generation_batch", style_keys=["noir"], source_image_path="s.png",
-                 idempotency_key="k-2")
+        user.rpc(
+            "create_generation_batch",
+            style_keys=["noir"],
+            source_image_path="s.png",
+            idempotency_key="k-2",
+        )
     assert caught.value.http_status == 409
     assert _state(admin, user.user_id) == before
 
 
 def test_idempotency_keys_are_per_user(make_user: Any) -> None:
     alice, bob = make_user(), make_user()
-    a = alice.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png",
-                  idempotency_key="shared")
-    b = bob.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png",
-                idempotency_key="shared")
+    a = alice.rpc(
+        "create_generation_batch",
+        style_keys=["poster"],
+        source_image_path="s.png",
+        idempotency_key="shared",
+    )
+    b = bob.rpc(
+        "create_generation_batch",
+        style_keys=["poster"],
+        source_image_path="s.png",
+        idempotency_key="shared",
+    )
     assert a != b
 
 
@@ -137,7 +157,12 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[errors.PortraitkitError], int]]
     ("blank source", {"source_image_path": "  "}, errors.InvalidInput, 400),
     ("source too long", {"source_image_path": "x" * 1025}, errors.InvalidInput, 400),
     ("key too long", {"idempotency_key": "k" * 201}, errors.InvalidInput, 400),
-    ("too expensive", {"style_keys": ["oil_painting", "impressionist"]}, errors.InsufficientCredits, 402),
+    (
+        "too expensive",
+        {"style_keys": ["oil_painting", "impressionist"]},
+        errors.InsufficientCredits,
+        402,
+    ),
 ]
 
 
@@ -150,10 +175,17 @@ def retired_style(admin: Any) -> Any:
     return "retired_style"
 
 
-@pytest.mark.parametrize(("case", "override", "error", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("case", "override", "error", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_refused_and_changes_nothing(
-    admin: Any, make_user: Any, retired_style: str, case: str, override: dict[str, Any],
-    error: type[errors.PortraitkitError], status: int,
+    admin: Any,
+    make_user: Any,
+    retired_style: str,
+    case: str,
+    override: dict[str, Any],
+    error: type[errors.PortraitkitError],
+    status: int,
 ) -> None:
     user = make_user(credits=5)
     args: dict[str, Any] = {"style_keys": ["poster"], "source_image_path": "s.png"}

@@ -11,24 +11,50 @@ import pytest
 
 from portraitkit import errors
 
-TABLES = ["profiles", "credit_ledger", "styles", "generation_batches", "generations",
-          "batch_generations_view"]
-USER_API = ["create_generation_batch", "list_batches", "get_batch", "cancel_batch", "retry_failed",
-            "delete_batch", "batch_stats"]
-WORKER_API = ["claim_generations", "heartbeat_generations", "complete_generations",
-              "complete_generation", "fail_generation", "release_generations",
-              "recover_expired_leases", "grant_credits"]
+TABLES = [
+    "profiles",
+    "credit_ledger",
+    "styles",
+    "generation_batches",
+    "generations",
+    "batch_generations_view",
+]
+USER_API = [
+    "create_generation_batch",
+    "list_batches",
+    "get_batch",
+    "cancel_batch",
+    "retry_failed",
+    "delete_batch",
+    "batch_stats",
+]
+WORKER_API = [
+    "claim_generations",
+    "heartbeat_generations",
+    "complete_generations",
+    "complete_generation",
+    "fail_generation",
+    "release_generations",
+    "recover_expired_leases",
+    "grant_credits",
+]
 
 
 @pytest.fixture
 def world(admin: Any, make_user: Any, service: Any) -> dict[str, Any]:
     """Alice and Bob each with one batch; one of Alice's items completed."""
-    admin.execute("update public.generations set status = 'cancelled' where status in ('pending', 'processing')")
+    admin.execute(
+        "update public.generations set status = 'cancelled' where status in ('pending', 'processing')"
+    )
     alice, bob = make_user(credits=10), make_user(credits=10)
-    a = alice.rpc("create_generation_batch", style_keys=["poster", "noir"], source_image_path="a.png")
+    a = alice.rpc(
+        "create_generation_batch", style_keys=["poster", "noir"], source_image_path="a.png"
+    )
     b = bob.rpc("create_generation_batch", style_keys=["poster"], source_image_path="b.png")
     item = service.rpc("claim_generations", worker_id="w", max_items=1)[0]
-    service.rpc("complete_generation", worker_id="w", generation_id=item["id"], image_path="done.png")
+    service.rpc(
+        "complete_generation", worker_id="w", generation_id=item["id"], image_path="done.png"
+    )
     return {"alice": alice, "bob": bob, "alice_batch": a, "bob_batch": b}
 
 
@@ -99,9 +125,12 @@ WRITES = {
 
 @pytest.mark.parametrize("who", ["anon", "alice", "service"])
 @pytest.mark.parametrize("statement", [s for t in WRITES.values() for s in t])
-def test_no_client_writes_tables_directly(world: dict[str, Any], anon: Any, service: Any,
-                                          who: str, statement: str) -> None:
-    if who == "service" and statement.startswith(("update public.styles", "insert into public.styles")):
+def test_no_client_writes_tables_directly(
+    world: dict[str, Any], anon: Any, service: Any, who: str, statement: str
+) -> None:
+    if who == "service" and statement.startswith(
+        ("update public.styles", "insert into public.styles")
+    ):
         pytest.skip("the service role curates the catalogue")
     actor = {"anon": anon, "alice": world["alice"], "service": service}[who]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -121,24 +150,33 @@ def test_only_signed_in_users_call_the_user_api(admin: Any, function: str) -> No
         "select has_function_privilege('anon', p.oid, 'execute') as anon,"
         "       has_function_privilege('authenticated', p.oid, 'execute') as authenticated"
         "  from pg_proc p where p.pronamespace = 'public'::regnamespace and p.proname = %s",
-        (function,)).fetchone()
+        (function,),
+    ).fetchone()
     assert can == {"anon": False, "authenticated": True}
 
 
 @pytest.mark.parametrize("function", WORKER_API)
 @pytest.mark.parametrize("who", ["anon", "alice"])
-def test_only_service_role_calls_the_worker_api(world: dict[str, Any], anon: Any, admin: Any,
-                                               function: str, who: str) -> None:
+def test_only_service_role_calls_the_worker_api(
+    world: dict[str, Any], anon: Any, admin: Any, function: str, who: str
+) -> None:
     role = "anon" if who == "anon" else "authenticated"
     rows = admin.execute(
         "select bool_or(has_function_privilege(%s, p.oid, 'execute')) as can"
         " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
-        " where n.nspname = 'public' and p.proname = %s", (role, function)).fetchone()
+        " where n.nspname = 'public' and p.proname = %s",
+        (role, function),
+    ).fetchone()
     assert rows["can"] is False
-    assert admin.execute(
-        "select bool_and(has_function_privilege('service_role', p.oid, 'execute')) as can"
-        " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
-        " where n.nspname = 'public' and p.proname = %s", (function,)).fetchone()["can"] is True
+    assert (
+        admin.execute(
+            "select bool_and(has_function_privilege('service_role', p.oid, 'execute')) as can"
+            " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+            " where n.nspname = 'public' and p.proname = %s",
+            (function,),
+        ).fetchone()["can"]
+        is True
+    )
 
 
 def test_user_calling_worker_function_is_not_allowed(world: dict[str, Any]) -> None:
@@ -163,7 +201,9 @@ def test_private_schema_is_closed_to_clients(world: dict[str, Any], anon: Any) -
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             actor.query("select * from private.settings")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            actor.query("select private.apply_credit_change(%s, 'grant', 100)", (world["alice"].user_id,))
+            actor.query(
+                "select private.apply_credit_change(%s, 'grant', 100)", (world["alice"].user_id,)
+            )
 
 
 def test_ledger_is_append_only_even_for_the_owner(world: dict[str, Any], admin: Any) -> None:
@@ -176,18 +216,31 @@ def test_ledger_is_append_only_even_for_the_owner(world: dict[str, Any], admin: 
 def test_deleting_a_user_removes_their_data(world: dict[str, Any], admin: Any) -> None:
     bob = world["bob"].user_id
     admin.execute("delete from auth.users where id = %s", (bob,))
-    for table, column in (("profiles", "id"), ("credit_ledger", "user_id"),
-                          ("generation_batches", "user_id"), ("generations", "user_id")):
-        assert admin.execute(f"select count(*) as n from public.{table} where {column} = %s",
-                             (bob,)).fetchone()["n"] == 0
+    for table, column in (
+        ("profiles", "id"),
+        ("credit_ledger", "user_id"),
+        ("generation_batches", "user_id"),
+        ("generations", "user_id"),
+    ):
+        assert (
+            admin.execute(
+                f"select count(*) as n from public.{table} where {column} = %s", (bob,)
+            ).fetchone()["n"]
+            == 0
+        )
 
 
 # --- the Supabase database linter's rules, checked against the catalog -----------------
 
+
 def test_rls_is_enabled_on_every_public_table(admin: Any) -> None:
-    assert admin.execute(
-        "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-        " where n.nspname = 'public' and c.relkind = 'r' and not c.relrowsecurity").fetchall() == []
+    assert (
+        admin.execute(
+            "select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = 'public' and c.relkind = 'r' and not c.relrowsecurity"
+        ).fetchall()
+        == []
+    )
 
 
 def test_every_foreign_key_has_a_covering_index(admin: Any) -> None:
@@ -200,14 +253,16 @@ def test_every_foreign_key_has_a_covering_index(admin: Any) -> None:
              select from pg_index i
               where i.indrelid = c.conrelid
                 and (i.indkey::int2[])[0:cardinality(c.conkey) - 1] = c.conkey)
-        """).fetchall()
+        """
+    ).fetchall()
     assert missing == []
 
 
 def test_policies_wrap_auth_calls_in_a_select(admin: Any) -> None:
     rows = admin.execute(
         "select policyname, coalesce(qual, '') || coalesce(with_check, '') as expr from pg_policies"
-        " where schemaname = 'public'").fetchall()
+        " where schemaname = 'public'"
+    ).fetchall()
     assert rows
     for r in rows:
         if "auth.uid()" in r["expr"]:
@@ -217,7 +272,8 @@ def test_policies_wrap_auth_calls_in_a_select(admin: Any) -> None:
 def test_views_are_security_invoker(admin: Any) -> None:
     rows = admin.execute(
         "select relname, reloptions from pg_class where relkind = 'v'"
-        " and relnamespace = 'public'::regnamespace").fetchall()
+        " and relnamespace = 'public'::regnamespace"
+    ).fetchall()
     assert rows and all("security_invoker=true" in (r["reloptions"] or []) for r in rows)
 
 
@@ -227,7 +283,8 @@ def test_functions_pin_search_path(admin: Any) -> None:
         select p.oid::regprocedure::text as fn, p.proconfig
           from pg_proc p join pg_namespace n on n.oid = p.pronamespace
          where n.nspname in ('public', 'private')
-        """).fetchall()
+        """
+    ).fetchall()
     assert rows
     assert [r["fn"] for r in rows if 'search_path=""' not in (r["proconfig"] or [])] == []
 
@@ -239,14 +296,16 @@ def test_definer_functions_are_not_executable_by_anon(admin: Any) -> None:
           from pg_proc p join pg_namespace n on n.oid = p.pronamespace
          where n.nspname in ('public', 'private') and p.prosecdef
            and has_function_privilege('anon', p.oid, 'execute')
-        """).fetchall()
+        """
+    ).fetchall()
     assert rows == []
 
 
 def test_tables_are_in_the_realtime_publication(admin: Any) -> None:
     rows = admin.execute(
         "select tablename from pg_publication_tables where pubname = 'supabase_realtime'"
-        " order by tablename").fetchall()
+        " order by tablename"
+    ).fetchall()
     assert [r["tablename"] for r in rows] == ["generation_batches", "generations"]
 
 

@@ -20,7 +20,9 @@ def empty_queue(admin: Any) -> None:
 
 
 def _batch(user: Any, styles: list[str]) -> Any:
-    return user.rpc("create_generation_batch", style_keys=styles, source_image_path=f"{user.user_id}/s.png")
+    return user.rpc(
+        "create_generation_batch", style_keys=styles, source_image_path=f"{user.user_id}/s.png"
+    )
 
 
 def test_claim_leases_oldest_first_with_prompt_and_source(make_user: Any, service: Any) -> None:
@@ -43,22 +45,38 @@ def test_only_the_lease_holder_can_finish(make_user: Any, service: Any) -> None:
     user = make_user()
     _batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w1")[0]
-    assert service.rpc("complete_generation", worker_id="w2", generation_id=item["id"], image_path="x") is False
-    assert service.rpc("fail_generation", worker_id="w2", generation_id=item["id"], error="x") is None
+    assert (
+        service.rpc("complete_generation", worker_id="w2", generation_id=item["id"], image_path="x")
+        is False
+    )
+    assert (
+        service.rpc("fail_generation", worker_id="w2", generation_id=item["id"], error="x") is None
+    )
     assert service.rpc("heartbeat_generations", worker_id="w2", generation_ids=[item["id"]]) == []
-    assert service.rpc("heartbeat_generations", worker_id="w1", generation_ids=[item["id"]]) == [item["id"]]
-    assert service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="x") is True
-    assert service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="y") is False
+    assert service.rpc("heartbeat_generations", worker_id="w1", generation_ids=[item["id"]]) == [
+        item["id"]
+    ]
+    assert (
+        service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="x")
+        is True
+    )
+    assert (
+        service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="y")
+        is False
+    )
 
 
 def test_heartbeat_extends_the_lease(admin: Any, make_user: Any, service: Any) -> None:
     user = make_user()
     _batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w1", lease_seconds=5)[0]
-    service.rpc("heartbeat_generations", worker_id="w1", generation_ids=[item["id"]], lease_seconds=600)
+    service.rpc(
+        "heartbeat_generations", worker_id="w1", generation_ids=[item["id"]], lease_seconds=600
+    )
     lease = admin.execute(
         "select lease_expires_at - now() > interval '500 seconds' as long from public.generations where id = %s",
-        (item["id"],)).fetchone()
+        (item["id"],),
+    ).fetchone()
     assert lease["long"] is True
 
 
@@ -71,51 +89,93 @@ def test_retryable_failure_backs_off_then_fails_for_good_and_refunds(
     for attempt in (1, 2):
         item = service.rpc("claim_generations", worker_id="w")[0]
         assert item["attempts"] == attempt
-        assert service.rpc("fail_generation", worker_id="w", generation_id=item["id"], error="503") == "pending"
+        assert (
+            service.rpc("fail_generation", worker_id="w", generation_id=item["id"], error="503")
+            == "pending"
+        )
         row = admin.execute(
             "select extract(epoch from run_after - now()) as delay, last_error from public.generations"
-            " where id = %s", (item["id"],)).fetchone()
+            " where id = %s",
+            (item["id"],),
+        ).fetchone()
         delays.append(float(row["delay"]))
         assert row["last_error"] == "503"
         assert service.rpc("claim_generations", worker_id="w") == []  # not before its backoff
-        admin.execute("update public.generations set run_after = now() where id = %s", (item["id"],))
+        admin.execute(
+            "update public.generations set run_after = now() where id = %s", (item["id"],)
+        )
     # base 5 s doubling, with jitter in [50 %, 100 %]
     assert 2.4 <= delays[0] <= 5.1 and 4.9 <= delays[1] <= 10.1
     item = service.rpc("claim_generations", worker_id="w")[0]
     assert item["attempts"] == 3
-    assert service.rpc("fail_generation", worker_id="w", generation_id=item["id"], error="503") == "failed"
+    assert (
+        service.rpc("fail_generation", worker_id="w", generation_id=item["id"], error="503")
+        == "failed"
+    )
     assert batch_row(admin, batch_id)["status"] == "failed"
-    assert admin.execute("select total_credits from public.profiles where id = %s",
-                         (user.user_id,)).fetchone()["total_credits"] == 10
-    assert admin.execute("select count(*) as n from public.credit_ledger where generation_id = %s",
-                         (item["id"],)).fetchone()["n"] == 1
+    assert (
+        admin.execute(
+            "select total_credits from public.profiles where id = %s", (user.user_id,)
+        ).fetchone()["total_credits"]
+        == 10
+    )
+    assert (
+        admin.execute(
+            "select count(*) as n from public.credit_ledger where generation_id = %s", (item["id"],)
+        ).fetchone()["n"]
+        == 1
+    )
     assert ledger_balances(admin) == []
 
 
-def test_expired_lease_is_recovered_and_counts_as_an_attempt(admin: Any, make_user: Any, service: Any) -> None:
+def test_expired_lease_is_recovered_and_counts_as_an_attempt(
+    admin: Any, make_user: Any, service: Any
+) -> None:
     user = make_user(credits=10)
     batch_id = _batch(user, ["poster", "noir"])
     claimed = service.rpc("claim_generations", worker_id="dead", max_items=2)
-    admin.execute("update public.generations set lease_expires_at = now() - interval '1 second'"
-                  " where id = %s", (claimed[0]["id"],))
-    admin.execute("update public.generations set attempts = max_attempts, lease_expires_at = now()"
-                  " - interval '1 second' where id = %s", (claimed[1]["id"],))
+    admin.execute(
+        "update public.generations set lease_expires_at = now() - interval '1 second'"
+        " where id = %s",
+        (claimed[0]["id"],),
+    )
+    admin.execute(
+        "update public.generations set attempts = max_attempts, lease_expires_at = now()"
+        " - interval '1 second' where id = %s",
+        (claimed[1]["id"],),
+    )
     assert service.rpc("recover_expired_leases") == {"requeued": 1, "failed": 1}
     assert service.rpc("recover_expired_leases") == {"requeued": 0, "failed": 0}
     again = service.rpc("claim_generations", worker_id="alive")
     assert [a["id"] for a in again] == [claimed[0]["id"]]
     assert again[0]["attempts"] == 2
     # the dead worker's late result is discarded
-    assert service.rpc("complete_generation", worker_id="dead", generation_id=claimed[0]["id"],
-                       image_path="late") is False
-    assert service.rpc("complete_generation", worker_id="alive", generation_id=claimed[0]["id"],
-                       image_path="ok") is True
+    assert (
+        service.rpc(
+            "complete_generation",
+            worker_id="dead",
+            generation_id=claimed[0]["id"],
+            image_path="late",
+        )
+        is False
+    )
+    assert (
+        service.rpc(
+            "complete_generation",
+            worker_id="alive",
+            generation_id=claimed[0]["id"],
+            image_path="ok",
+        )
+        is True
+    )
     batch = batch_row(admin, batch_id)
     assert (batch["status"], batch["completed_count"], batch["failed_count"]) == ("partial", 1, 1)
     assert ledger_balances(admin) == []
 
 
-def test_release_returns_items_without_spending_an_attempt(admin: Any, make_user: Any, service: Any) -> None:
+def test_release_returns_items_without_spending_an_attempt(
+    admin: Any, make_user: Any, service: Any
+) -> None:
     user = make_user()
     batch_id = _batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w")[0]
@@ -134,8 +194,12 @@ def test_per_user_cap_keeps_one_batch_from_starving_others(make_user: Any, servi
     assert owners.count(str(big.user_id)) == 2
     assert owners.count(str(small.user_id)) == 1
     # the cap counts items already running
-    assert all(str(c["user_id"]) != str(big.user_id) for c in
-               service.rpc("claim_generations", worker_id="w", max_items=4, max_running_per_user=2))
+    assert all(
+        str(c["user_id"]) != str(big.user_id)
+        for c in service.rpc(
+            "claim_generations", worker_id="w", max_items=4, max_running_per_user=2
+        )
+    )
 
 
 def test_complete_many_in_one_call(admin: Any, make_user: Any, service: Any) -> None:
@@ -143,20 +207,29 @@ def test_complete_many_in_one_call(admin: Any, make_user: Any, service: Any) -> 
     batches = [_batch(u, ["poster", "noir"]) for u in users]
     claimed = service.rpc("claim_generations", worker_id="w", max_items=10)
     assert len(claimed) == 6
-    accepted = service.rpc("complete_generations", worker_id="w", generation_ids=[c["id"] for c in claimed],
-                           image_paths=[f"{c['id']}.png" for c in claimed])
+    accepted = service.rpc(
+        "complete_generations",
+        worker_id="w",
+        generation_ids=[c["id"] for c in claimed],
+        image_paths=[f"{c['id']}.png" for c in claimed],
+    )
     assert len(accepted) == 6
     assert {batch_row(admin, b)["status"] for b in batches} == {"completed"}
 
 
-@pytest.mark.parametrize(("function", "args"), [
-    ("claim_generations", {"worker_id": "", "max_items": 1}),
-    ("claim_generations", {"worker_id": "w", "max_items": 0}),
-    ("claim_generations", {"worker_id": "w", "max_items": 1, "lease_seconds": 0}),
-    ("complete_generations", {"worker_id": "w", "generation_ids": [], "image_paths": ["x"]}),
-    ("grant_credits", {"user_id": "00000000-0000-0000-0000-000000000000", "amount": 0}),
-])
-def test_worker_functions_reject_bad_input(service: Any, function: str, args: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("function", "args"),
+    [
+        ("claim_generations", {"worker_id": "", "max_items": 1}),
+        ("claim_generations", {"worker_id": "w", "max_items": 0}),
+        ("claim_generations", {"worker_id": "w", "max_items": 1, "lease_seconds": 0}),
+        ("complete_generations", {"worker_id": "w", "generation_ids": [], "image_paths": ["x"]}),
+        ("grant_credits", {"user_id": "00000000-0000-0000-0000-000000000000", "amount": 0}),
+    ],
+)
+def test_worker_functions_reject_bad_input(
+    service: Any, function: str, args: dict[str, Any]
+) -> None:
     with pytest.raises(errors.InvalidInput):
         service.rpc(function, **args)
 
@@ -164,8 +237,9 @@ def test_worker_functions_reject_bad_input(service: Any, function: str, args: di
 def test_grant_credits_is_recorded_in_the_ledger(admin: Any, make_user: Any, service: Any) -> None:
     user = make_user(credits=1)
     assert service.rpc("grant_credits", user_id=user.user_id, amount=25, note="support") == 26
-    assert admin.execute("select kind, delta, note from public.credit_ledger where user_id = %s",
-                         (user.user_id,)).fetchall() == [{"kind": "grant", "delta": 25, "note": "support"}]
+    assert admin.execute(
+        "select kind, delta, note from public.credit_ledger where user_id = %s", (user.user_id,)
+    ).fetchall() == [{"kind": "grant", "delta": 25, "note": "support"}]
     assert user.rpc("batch_stats")["credits_granted"] == 25
     assert ledger_balances(admin) == []
     with pytest.raises(errors.ProfileNotFound):

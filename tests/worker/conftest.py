@@ -49,8 +49,10 @@ def admin(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
 @pytest.fixture(autouse=True)
 def empty_queue(admin: psycopg.Connection[dict[str, Any]]) -> None:
     """Each test starts with nothing pending or running from earlier tests."""
-    admin.execute("update public.generations set status = 'cancelled'"
-                  " where status in ('pending', 'processing')")
+    admin.execute(
+        "update public.generations set status = 'cancelled'"
+        " where status in ('pending', 'processing')"
+    )
 
 
 @pytest.fixture
@@ -61,9 +63,13 @@ async def make_client(db_url: str, state_dir: Path) -> AsyncIterator[Callable[..
 
     def make(credits: int = 100) -> PortraitClient:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            user: LocalUser = create_local_user(conn, f"{uuid.uuid4().hex[:10]}@example.test", credits)
-        client = PortraitClient(PostgresTransport(pool, LocalTokens(SECRET, user), SECRET),
-                                LocalStorage(state_dir / "storage"))
+            user: LocalUser = create_local_user(
+                conn, f"{uuid.uuid4().hex[:10]}@example.test", credits
+            )
+        client = PortraitClient(
+            PostgresTransport(pool, LocalTokens(SECRET, user), SECRET),
+            LocalStorage(state_dir / "storage"),
+        )
         clients.append(client)
         return client
 
@@ -77,9 +83,15 @@ def worker_factory(settings: Settings) -> Callable[..., Any]:
 
     @contextlib.asynccontextmanager
     async def make(generators: Callable[[str], Generator], **options: Any) -> AsyncIterator[Worker]:
-        defaults: dict[str, Any] = {"concurrency": 4, "poll_seconds": 0.2, "recover_every_seconds": 0.2,
-                                    "heartbeat_seconds": 0.5, "lease_seconds": 10,
-                                    "max_running_per_user": None, "worker_id": f"w-{uuid.uuid4().hex[:6]}"}
+        defaults: dict[str, Any] = {
+            "concurrency": 4,
+            "poll_seconds": 0.2,
+            "recover_every_seconds": 0.2,
+            "heartbeat_seconds": 0.5,
+            "lease_seconds": 10,
+            "max_running_per_user": None,
+            "worker_id": f"w-{uuid.uuid4().hex[:6]}",
+        }
         defaults.update(options)
         async with open_worker(settings, WorkerOptions(**defaults), generators) as worker:
             yield worker

@@ -50,13 +50,23 @@ def main() -> None:
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings = Settings(database_url=args.database_url, jwt_secret=args.secret, state_dir=args.state_dir)
+    settings = Settings(
+        database_url=args.database_url, jwt_secret=args.secret, state_dir=args.state_dir
+    )
     options = WorkerOptions(
-        concurrency=args.concurrency, lease_seconds=args.lease, heartbeat_seconds=max(args.lease / 3, 0.5),
-        poll_seconds=args.poll, recover_every_seconds=args.recover_every, max_running_per_user=None,
-        shutdown_grace_seconds=5, worker_id=args.worker_id)
+        concurrency=args.concurrency,
+        lease_seconds=args.lease,
+        heartbeat_seconds=max(args.lease / 3, 0.5),
+        poll_seconds=args.poll,
+        recover_every_seconds=args.recover_every,
+        max_running_per_user=None,
+        shutdown_grace_seconds=5,
+        worker_id=args.worker_id,
+    )
     spec = args.generator
-    stats = asyncio.run(run_worker(settings, options, once=args.once, generators=lambda _name: generators(spec)))
+    stats = asyncio.run(
+        run_worker(settings, options, once=args.once, generators=lambda _name: generators(spec))
+    )
     print(json.dumps(vars(stats)), flush=True)
 
 

@@ -24,9 +24,23 @@ from portraitkit.models import BatchStatus, GenerationStatus
 
 pytestmark = pytest.mark.anyio
 
-ALL_STYLES = ["pencil_sketch", "charcoal", "ink_wash", "watercolor", "oil_painting", "impressionist",
-              "pop_art", "comic_halftone", "poster", "pixel_art", "neon_glow", "cartoon",
-              "vintage_photo", "noir", "cyanotype"]
+ALL_STYLES = [
+    "pencil_sketch",
+    "charcoal",
+    "ink_wash",
+    "watercolor",
+    "oil_painting",
+    "impressionist",
+    "pop_art",
+    "comic_halftone",
+    "poster",
+    "pixel_art",
+    "neon_glow",
+    "cartoon",
+    "vintage_photo",
+    "noir",
+    "cyanotype",
+]
 
 
 def pixels(data: bytes, size: tuple[int, int] = (96, 120)) -> np.ndarray:
@@ -61,7 +75,11 @@ async def test_every_style_becomes_a_real_image(
     for (a, x), (b, y) in itertools.combinations(images.items(), 2):
         assert np.abs(x - y).mean() > 4, f"{a} and {b} look alike"
     stats_after = await client.stats()
-    assert (stats_after.completed, stats_after.failed, stats_after.success_rate) == (len(ALL_STYLES), 0, 1.0)
+    assert (stats_after.completed, stats_after.failed, stats_after.success_rate) == (
+        len(ALL_STYLES),
+        0,
+        1.0,
+    )
 
 
 class Flaky:
@@ -101,7 +119,10 @@ async def test_retryable_failure_then_success(
 
 
 async def test_always_failing_item_ends_failed_and_refunded(
-    make_client: Callable[..., Any], worker_factory: Callable[..., Any], fast_retries: Any, admin: Any
+    make_client: Callable[..., Any],
+    worker_factory: Callable[..., Any],
+    fast_retries: Any,
+    admin: Any,
 ) -> None:
     client = make_client(credits=10)
     batch_id = await client.create_batch(["poster", "oil_painting"], sample_portrait_png())
@@ -119,11 +140,18 @@ async def test_always_failing_item_ends_failed_and_refunded(
     assert batch.status is BatchStatus.PARTIAL
     failed = next(i for i in batch.items if i.style_key == "oil_painting")
     assert (failed.status, failed.attempts, failed.last_error) == (
-        GenerationStatus.FAILED, 3, "model overloaded")
+        GenerationStatus.FAILED,
+        3,
+        "model overloaded",
+    )
     assert await client.balance() == 10 - 4 + 3
-    assert admin.execute(
-        "select count(*) as n from public.credit_ledger where generation_id = %s and kind = 'refund'",
-        (failed.id,)).fetchone()["n"] == 1
+    assert (
+        admin.execute(
+            "select count(*) as n from public.credit_ledger where generation_id = %s and kind = 'refund'",
+            (failed.id,),
+        ).fetchone()["n"]
+        == 1
+    )
 
 
 async def test_permanent_failure_is_not_retried(
@@ -162,7 +190,9 @@ async def test_cancel_during_a_run(
     make_client: Callable[..., Any], worker_factory: Callable[..., Any], settings: Any
 ) -> None:
     client = make_client(credits=20)
-    batch_id = await client.create_batch(["poster", "noir", "pixel_art", "charcoal"], sample_portrait_png())
+    batch_id = await client.create_batch(
+        ["poster", "noir", "pixel_art", "charcoal"], sample_portrait_png()
+    )
     gate = Gate()
     async with worker_factory(lambda _n: gate, concurrency=1) as worker:
         run = asyncio.create_task(worker.run(once=True))
@@ -174,7 +204,11 @@ async def test_cancel_during_a_run(
     assert gate.seen == ["poster"]  # pending ones never started
     assert stats.completed == 1
     batch = await client.get_batch(batch_id)
-    assert (batch.status, batch.completed_count, batch.cancelled_count) == (BatchStatus.COMPLETED, 1, 3)
+    assert (batch.status, batch.completed_count, batch.cancelled_count) == (
+        BatchStatus.COMPLETED,
+        1,
+        3,
+    )
     assert await client.balance() == 20 - 4 + 3
 
 

@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -28,11 +27,28 @@ from .conftest import SECRET
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(db_url: str, state_dir: Path, worker_id: str, *extra: str) -> subprocess.Popen[str]:
+def start_worker(
+    db_url: str, state_dir: Path, worker_id: str, *extra: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.worker.process", "--database-url", db_url, "--secret", SECRET,
-         "--state-dir", str(state_dir), "--worker-id", worker_id, *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.worker.process",
+            "--database-url",
+            db_url,
+            "--secret",
+            SECRET,
+            "--state-dir",
+            str(state_dir),
+            "--worker-id",
+            worker_id,
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
@@ -56,17 +72,26 @@ def enqueue(db_url: str, state_dir: Path, batches: int, styles: list[str]) -> li
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"\x89PNG not really")  # the noop generator never decodes it
             with conn.transaction():
-                conn.execute("select set_config('role', 'authenticated', true),"
-                             " set_config('request.jwt.claims', %s, true)", (claims,))
-                ids.append(conn.execute(
-                    "select public.create_generation_batch(%s, %s)", (styles, source)).fetchone()[0])
+                conn.execute(
+                    "select set_config('role', 'authenticated', true),"
+                    " set_config('request.jwt.claims', %s, true)",
+                    (claims,),
+                )
+                ids.append(
+                    conn.execute(
+                        "select public.create_generation_batch(%s, %s)", (styles, source)
+                    ).fetchone()[0]
+                )
     return ids
 
 
 def counts(db_url: str, batch_ids: list[uuid.UUID]) -> dict[str, int]:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        rows = conn.execute("select status::text, count(*)::int as n from public.generations"
-                            " where batch_id = any(%s) group by status", (batch_ids,)).fetchall()
+        rows = conn.execute(
+            "select status::text, count(*)::int as n from public.generations"
+            " where batch_id = any(%s) group by status",
+            (batch_ids,),
+        ).fetchall()
     return {r["status"]: r["n"] for r in rows}
 
 
@@ -75,34 +100,68 @@ def ledger_ok(db_url: str) -> bool:
         return conn.execute(
             "select count(*) = 0 from (select p.id from public.profiles p left join public.credit_ledger l"
             " on l.user_id = p.id group by p.id having p.starting_credits + coalesce(sum(l.delta), 0)"
-            " <> p.total_credits) bad").fetchone()[0]
+            " <> p.total_credits) bad"
+        ).fetchone()[0]
 
 
 @pytest.mark.parametrize("workers", [2, 4])
-def test_many_workers_complete_every_item_exactly_once(db_url: str, state_dir: Path, workers: int) -> None:
-    batch_ids = enqueue(db_url, state_dir, 30, ["poster", "noir", "pixel_art", "charcoal", "cartoon",
-                                                "pop_art", "cyanotype", "ink_wash", "watercolor", "neon_glow"])
-    procs = [start_worker(db_url, state_dir, f"multi-{workers}-{i}", "--once", "--concurrency", "8")
-             for i in range(workers)]
+def test_many_workers_complete_every_item_exactly_once(
+    db_url: str, state_dir: Path, workers: int
+) -> None:
+    batch_ids = enqueue(
+        db_url,
+        state_dir,
+        30,
+        [
+            "poster",
+            "noir",
+            "pixel_art",
+            "charcoal",
+            "cartoon",
+            "pop_art",
+            "cyanotype",
+            "ink_wash",
+            "watercolor",
+            "neon_glow",
+        ],
+    )
+    procs = [
+        start_worker(db_url, state_dir, f"multi-{workers}-{i}", "--once", "--concurrency", "8")
+        for i in range(workers)
+    ]
     stats = [stats_of(p) for p in procs]
     assert sum(s["completed"] for s in stats) == 300
     assert all(s["discarded"] == 0 and s["failed"] == 0 for s in stats)
     assert sum(1 for s in stats if s["completed"] > 0) >= 2  # the work was really shared
     assert counts(db_url, batch_ids) == {"completed": 300}
     with psycopg.connect(db_url) as conn:
-        assert conn.execute("select bool_and(status = 'completed') and bool_and(completed_count = 10)"
-                            " from public.generation_batches where id = any(%s)", (batch_ids,)).fetchone()[0]
-        assert conn.execute("select max(attempts) from public.generations where batch_id = any(%s)",
-                            (batch_ids,)).fetchone()[0] == 1
+        assert conn.execute(
+            "select bool_and(status = 'completed') and bool_and(completed_count = 10)"
+            " from public.generation_batches where id = any(%s)",
+            (batch_ids,),
+        ).fetchone()[0]
+        assert (
+            conn.execute(
+                "select max(attempts) from public.generations where batch_id = any(%s)",
+                (batch_ids,),
+            ).fetchone()[0]
+            == 1
+        )
 
 
-def test_killed_worker_item_is_finished_by_another_exactly_once(db_url: str, state_dir: Path) -> None:
+def test_killed_worker_item_is_finished_by_another_exactly_once(
+    db_url: str, state_dir: Path
+) -> None:
     [batch_id] = enqueue(db_url, state_dir, 1, ["poster"])
     doomed = start_worker(db_url, state_dir, "doomed", "--generator", "slow:30", "--lease", "2")
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as conn:
         deadline = time.time() + 20
-        while conn.execute("select status::text as s from public.generations where batch_id = %s",
-                           (batch_id,)).fetchone()["s"] != "processing":
+        while (
+            conn.execute(
+                "select status::text as s from public.generations where batch_id = %s", (batch_id,)
+            ).fetchone()["s"]
+            != "processing"
+        ):
             assert time.time() < deadline, "the first worker never claimed the item"
             time.sleep(0.05)
         doomed.send_signal(signal.SIGKILL)
@@ -110,9 +169,13 @@ def test_killed_worker_item_is_finished_by_another_exactly_once(db_url: str, sta
         rescuer = start_worker(db_url, state_dir, "rescuer", "--lease", "5")
         try:
             deadline = time.time() + 30
-            while (item := conn.execute(
+            while (
+                item := conn.execute(
                     "select status::text as s, attempts, lease_owner, generated_image_url"
-                    " from public.generations where batch_id = %s", (batch_id,)).fetchone())["s"] != "completed":
+                    " from public.generations where batch_id = %s",
+                    (batch_id,),
+                ).fetchone()
+            )["s"] != "completed":
                 assert time.time() < deadline, f"not recovered: {item}"
                 time.sleep(0.1)
         finally:
@@ -125,11 +188,19 @@ def test_killed_worker_item_is_finished_by_another_exactly_once(db_url: str, sta
 
 def test_sigterm_finishes_in_flight_items_and_exits_zero(db_url: str, state_dir: Path) -> None:
     batch_ids = enqueue(db_url, state_dir, 1, ["poster", "noir"])
-    proc = start_worker(db_url, state_dir, "graceful", "--generator", "slow:1", "--concurrency", "2")
+    proc = start_worker(
+        db_url, state_dir, "graceful", "--generator", "slow:1", "--concurrency", "2"
+    )
     with psycopg.connect(db_url, autocommit=True) as conn:
         deadline = time.time() + 20
-        while conn.execute("select count(*) from public.generations where batch_id = any(%s)"
-                           " and status = 'processing'", (batch_ids,)).fetchone()[0] < 2:
+        while (
+            conn.execute(
+                "select count(*) from public.generations where batch_id = any(%s)"
+                " and status = 'processing'",
+                (batch_ids,),
+            ).fetchone()[0]
+            < 2
+        ):
             assert time.time() < deadline
             time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -145,12 +216,25 @@ def test_worker_survives_a_database_restart(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     try:
         first = enqueue(url, state_dir, 2, ["poster", "noir", "charcoal"])
-        proc = start_worker(url, state_dir, "survivor", "--generator", "slow:0.3", "--concurrency", "2",
-                            "--poll", "0.3")
+        proc = start_worker(
+            url,
+            state_dir,
+            "survivor",
+            "--generator",
+            "slow:0.3",
+            "--concurrency",
+            "2",
+            "--poll",
+            "0.3",
+        )
         with psycopg.connect(url, autocommit=True) as conn:
             deadline = time.time() + 20
-            while conn.execute("select count(*) from public.generations where status = 'completed'"
-                               ).fetchone()[0] < 1:
+            while (
+                conn.execute(
+                    "select count(*) from public.generations where status = 'completed'"
+                ).fetchone()[0]
+                < 1
+            ):
                 assert time.time() < deadline
                 time.sleep(0.05)
         server.stop()
@@ -170,5 +254,3 @@ def test_worker_survives_a_database_restart(tmp_path: Path) -> None:
         assert ledger_ok(url)
     finally:
         server.stop()
-
-
