@@ -84,12 +84,16 @@ class _SourceCache:
 
 class _Completer:
     """Collects finished items and records them in one call per flush (the SQL side
-    handles a whole list in one statement), so a busy worker commits once per many items."""
+    handles a whole list in one statement), so a busy worker commits once per many items.
+    A flush waits ``flush_seconds`` for more to arrive unless ``flush_items`` already have."""
 
-    def __init__(self, queue: Transport, worker_id: str, flush_seconds: float) -> None:
+    def __init__(
+        self, queue: Transport, worker_id: str, flush_seconds: float, flush_items: int
+    ) -> None:
         self._queue = queue
         self._worker_id = worker_id
         self._flush_seconds = flush_seconds
+        self._flush_items = flush_items
         self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -107,7 +111,8 @@ class _Completer:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
-            await asyncio.sleep(self._flush_seconds)  # let a few more arrive
+            if len(self._pending) < self._flush_items:
+                await asyncio.sleep(self._flush_seconds)  # let a few more arrive
             self._wakeup.clear()
             batch, self._pending = self._pending, []
             if batch:
@@ -170,12 +175,19 @@ class Worker:
         self._generators = generators
         self._generator_cache: dict[str, Generator] = {}
         self._sources = _SourceCache(storage)
-        self._completer = _Completer(queue, self.options.worker_id, self.options.flush_seconds)
+        self._claim_threshold = max(1, self.options.concurrency // 4)
+        self._completer = _Completer(
+            queue, self.options.worker_id, self.options.flush_seconds, self._claim_threshold
+        )
+        # Every claimed item's task, until it ends (heartbeats and shutdown cover them all);
+        # of those, the ones still rendering or storing hold a slot. An item waiting for its
+        # result to be recorded gives its slot back, so the next claim runs while the
+        # completion is in flight and the database and this process work side by side.
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._rendering: set[asyncio.Task[None]] = set()
         self._lost: set[str] = set()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._claim_threshold = max(1, self.options.concurrency // 4)
 
     def stop(self) -> None:
         """Stop claiming; in-flight items get the grace period to finish."""
@@ -214,7 +226,7 @@ class Worker:
         backoff = 0.2
         empty_looks = 0
         while not self._stopping.is_set():
-            free = opts.concurrency - len(self._running)
+            free = self._free_slots()
             claimed: list[Any] = []
             if free > 0:
                 try:
@@ -240,7 +252,9 @@ class Worker:
                     item = ClaimedGeneration.model_validate(row)
                     key = str(item.id)
                     self.stats.claimed += 1
-                    self._running[key] = asyncio.create_task(self._process(item), name=key)
+                    task = asyncio.create_task(self._process(item), name=key)
+                    self._running[key] = task
+                    self._rendering.add(task)
             if once and not claimed and not self._running:
                 # An empty claim can be a pending row another transaction holds for a moment
                 # (SKIP LOCKED skips it): only a second empty look ends a --once run.
@@ -250,16 +264,25 @@ class Worker:
                 await asyncio.sleep(0.05)
                 continue
             empty_looks = 0
-            if opts.concurrency - len(self._running) < self._claim_threshold:
+            if self._free_slots() < self._claim_threshold:
                 await self._wait_for_slot()
             elif not claimed or len(claimed) < free:
                 await self._wait_for_work()
             # else: every slot asked for was filled; there may be more right away
 
+    def _free_slots(self) -> int:
+        return self.options.concurrency - len(self._rendering)
+
+    def _give_back_slot(self) -> None:
+        task = asyncio.current_task()
+        if task in self._rendering:
+            self._rendering.discard(task)
+            self._slot_freed.set()
+
     async def _wait_for_slot(self) -> None:
         """Until enough slots are free to claim a worthwhile batch (a quarter of them):
         claiming one item per finished item would cost a transaction per item."""
-        while self.options.concurrency - len(self._running) < self._claim_threshold:
+        while self._free_slots() < self._claim_threshold:
             self._slot_freed.clear()
             await self._until(self._slot_freed.wait())
             if self._stopping.is_set():
@@ -306,6 +329,7 @@ class Worker:
                 return
             path = result_object_path(item.user_id, item.batch_id, item.id, image.extension)
             await self.storage.put(path, image.data, image.content_type)
+            self._give_back_slot()
             if await self._completer.complete(key, path):
                 self.stats.completed += 1
             else:  # cancelled, deleted or re-leased meanwhile: the result must not stay
@@ -323,7 +347,7 @@ class Worker:
             if self._running.get(key) is asyncio.current_task():
                 del self._running[key]
                 self._lost.discard(key)
-            self._slot_freed.set()
+            self._give_back_slot()
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "item %s",

@@ -107,7 +107,7 @@ async def acall(
 
 async def aselect(
     conn: psycopg.AsyncConnection[Any],
-    query: sql.Composable,
+    query: sql.Composed,
     params: list[Any] | None = None,
     *,
     claims: Mapping[str, Any] | None = None,
