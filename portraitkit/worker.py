@@ -73,12 +73,14 @@ class _SourceCache:
 
     async def get(self, path: str) -> bytes:
         task = self._items.get(path)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.ensure_future(self._storage.get(path))
             self._items[path] = task
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
         self._items.move_to_end(path)
+        if task.done():  # the common case: the batch's other styles fetched it already
+            return task.result()
         return await asyncio.shield(task)
 
 
