@@ -82,7 +82,7 @@ async def open_worker(
         await pool.open()
         transport = PostgresTransport(pool, lambda: token, secret, owns_pool=True)
         storage = LocalStorage(settings.state_dir / "storage")
-        feed = await NotifyFeed(url).start()
+        feed = await NotifyFeed(settings.listen_url or url).start()
     try:
         yield Worker(transport, storage, generators, feed=feed, options=options)
     finally:

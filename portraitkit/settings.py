@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL", "database_url"))
+    listen_url: str | None = Field(
+        None,
+        validation_alias=_env("PORTRAITKIT_LISTEN_URL", "listen_url"),
+        description="A session connection for LISTEN/NOTIFY wake-ups when DATABASE_URL goes "
+        "through a transaction-mode pooler, which cannot carry them (e.g. Supabase's direct "
+        "or session-mode connection string). Defaults to DATABASE_URL.",
+    )
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "supabase_url"))
     supabase_anon_key: SecretStr | None = Field(
         None, validation_alias=_env("SUPABASE_ANON_KEY", "supabase_anon_key")

@@ -84,7 +84,9 @@ async def batch_feed(
             feed = PollingFeed()
     else:
         url = await asyncio.to_thread(database_url, settings)
-        feed = await NotifyFeed(url, BATCHES_CHANNEL, payload=str(batch_id)).start()
+        feed = await NotifyFeed(
+            settings.listen_url or url, BATCHES_CHANNEL, payload=str(batch_id)
+        ).start()
     try:
         yield feed
     finally:
