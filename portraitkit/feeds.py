@@ -120,8 +120,10 @@ class NotifyFeed(_Doorbell):
 class RealtimeFeed(_Doorbell):
     """Supabase Realtime ``postgres_changes`` on a table, through supabase-py's async client.
 
-    Known trouble in supabase-py (lost subscriptions after reconnects, spurious TIMED_OUT)
-    is why this is only a doorbell: the worker polls as well.
+    supabase-py reconnects and rejoins the channel by itself, but gives up after a few
+    tries (and its issue tracker knows of lost subscriptions), so a watchdog keeps trying,
+    with backoff, once it has: a long Realtime outage then costs polls, never the feed.
+    Only a doorbell either way: the worker polls as well.
     """
 
     def __init__(
@@ -130,13 +132,19 @@ class RealtimeFeed(_Doorbell):
         table: str = "generations",
         event: str = "INSERT",
         filter: str | None = None,
+        *,
+        check_seconds: float = 10.0,
+        max_backoff: float = 60.0,
     ) -> None:
         super().__init__()
         self._client = client
         self._table = table
         self._event = event
         self._filter = filter
+        self._check_seconds = check_seconds
+        self._max_backoff = max_backoff
         self._channel: Any = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> RealtimeFeed:
         channel = self._client.channel(f"portraitkit-{self._table}-{random.getrandbits(32):x}")
@@ -150,9 +158,34 @@ class RealtimeFeed(_Doorbell):
         channel.on_postgres_changes(self._event, **kwargs)
         await channel.subscribe()
         self._channel = channel
+        self._watchdog = asyncio.create_task(self._watch(), name=f"realtime:{self._table}")
         return self
 
+    async def _watch(self) -> None:
+        realtime = self._client.realtime
+        delay = self._check_seconds
+        while True:
+            await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
+            if realtime.is_connected:
+                delay = self._check_seconds
+                continue
+            try:
+                await realtime.connect()  # rejoins the errored channel once connected
+            except Exception as exc:
+                delay = min(delay * 2, self._max_backoff)
+                log.info(
+                    "realtime lost",
+                    extra={"event": "feed_lost", "error": str(exc), "retry_in": delay},
+                )
+            else:
+                delay = self._check_seconds
+                self.ring()  # anything may have happened while we were away
+
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._client.remove_channel(self._channel)
