@@ -328,5 +328,6 @@ revoke all on all functions in schema private from public, anon, authenticated;
 grant execute on function
   private.require_user(),
   private.raise_error(text, integer, text, jsonb, text),
-  private.batch_summary(public.generation_batches)
+  private.batch_summary(public.generation_batches),
+  private.batch_summaries(public.generation_batches[])
   to authenticated, service_role;
