@@ -38,6 +38,7 @@ declare
   uid uuid := private.require_user();
   max_styles integer := private.setting_int('max_styles_per_batch');
   max_prompt integer := private.setting_int('max_custom_prompt_length');
+  attempts integer := private.setting_int('max_attempts');  -- read once, not once per style
   requested integer := coalesce(cardinality(style_keys), 0);
   fingerprint text;
   existing record;
@@ -139,8 +140,7 @@ begin
 
   insert into public.generations
     (user_id, batch_id, style_key, position, custom_prompt, credit_cost, max_attempts)
-  select uid, new_batch, s.key, k.ord, nullif(btrim(custom_prompt), ''), s.credit_cost,
-         private.setting_int('max_attempts')
+  select uid, new_batch, s.key, k.ord, nullif(btrim(custom_prompt), ''), s.credit_cost, attempts
     from unnest(style_keys) with ordinality k(key, ord)
     join public.styles s on s.key = k.key;
 
