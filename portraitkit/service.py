@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from portraitkit.auth import issue_service_token
+from portraitkit.database.connection import listen_url
 from portraitkit.errors import ConfigurationError
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
 from portraitkit.generators.base import Generator, get_generator
@@ -82,7 +83,7 @@ async def open_worker(
         await pool.open()
         transport = PostgresTransport(pool, lambda: token, secret, owns_pool=True)
         storage = LocalStorage(settings.state_dir / "storage")
-        feed = await NotifyFeed(settings.listen_url or url).start()
+        feed = await NotifyFeed(listen_url(settings, url)).start()
     try:
         yield Worker(transport, storage, generators, feed=feed, options=options)
     finally:

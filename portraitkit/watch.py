@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from uuid import UUID
 
 from portraitkit.client import PortraitClient
+from portraitkit.database.connection import listen_url
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
 from portraitkit.models import Batch
 from portraitkit.session import database_url
@@ -85,7 +86,7 @@ async def batch_feed(
     else:
         url = await asyncio.to_thread(database_url, settings)
         feed = await NotifyFeed(
-            settings.listen_url or url, BATCHES_CHANNEL, payload=str(batch_id)
+            listen_url(settings, url), BATCHES_CHANNEL, payload=str(batch_id)
         ).start()
     try:
         yield feed

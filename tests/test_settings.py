@@ -6,7 +6,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
+from portraitkit.database.connection import listen_url
 from portraitkit.errors import ConfigurationError
 from portraitkit.settings import Settings
 
@@ -17,6 +19,7 @@ ENV = (
     "SUPABASE_SERVICE_ROLE_KEY",
     "PORTRAITKIT_STATE_DIR",
     "PORTRAITKIT_JWT_SECRET",
+    "PORTRAITKIT_LISTEN_URL",
 )
 
 
@@ -85,3 +88,28 @@ def test_jwt_secret_from_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORTRAITKIT_JWT_SECRET", "from-env")
 
     assert Settings().jwt_secret_value() == "from-env"
+
+
+POOLER = "postgresql://postgres.abcdefgh:pw@aws-0-eu-west-1.pooler.supabase.com:6543/postgres"
+
+
+def test_listen_uses_the_session_mode_of_supabases_transaction_pooler() -> None:
+    session = conninfo_to_dict(listen_url(Settings(), POOLER))
+    assert session == {**conninfo_to_dict(POOLER), "port": "5432"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:pw@db.abcdefgh.supabase.co:5432/postgres",  # direct
+        "postgresql://postgres.abcdefgh:pw@aws-0-eu-west-1.pooler.supabase.com:5432/postgres",
+        "postgresql://app:pw@pgbouncer.internal:6543/app",  # someone else's port 6543
+    ],
+)
+def test_listen_uses_the_database_url_itself_otherwise(url: str) -> None:
+    assert listen_url(Settings(), url) == url
+
+
+def test_an_explicit_listen_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTRAITKIT_LISTEN_URL", "postgresql://postgres:pw@db.example:5432/app")
+    assert listen_url(Settings(), POOLER) == "postgresql://postgres:pw@db.example:5432/app"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from portraitkit.database.embedded import EmbeddedPostgres
@@ -28,6 +29,30 @@ def resolve_database_url(settings: Settings) -> str:
             "(the project's connection string, session mode or direct)"
         )
     return embedded_server(settings).ensure_running()
+
+
+# Supabase's shared pooler (Supavisor): transaction mode on port 6543, session mode on port
+# 5432 of the same host; only session mode carries LISTEN/NOTIFY (Supabase docs:
+# guides/database/connecting-to-postgres).
+SUPABASE_POOLER_HOST_SUFFIX = ".pooler.supabase.com"
+TRANSACTION_MODE_PORT = "6543"
+SESSION_MODE_PORT = "5432"
+
+
+def listen_url(settings: Settings, url: str) -> str:
+    """The session connection LISTEN/NOTIFY wake-ups go over, for a database reached by ``url``.
+
+    PORTRAITKIT_LISTEN_URL when set; for Supabase's transaction pooler, which hands the
+    session to another client after each transaction, its session mode on the same host;
+    otherwise ``url`` itself.
+    """
+    if settings.listen_url:
+        return settings.listen_url
+    params = conninfo_to_dict(url)
+    host, port = str(params.get("host") or ""), str(params.get("port") or "")
+    if host.endswith(SUPABASE_POOLER_HOST_SUFFIX) and port == TRANSACTION_MODE_PORT:
+        return make_conninfo(url, port=SESSION_MODE_PORT)
+    return url
 
 
 def connect(
