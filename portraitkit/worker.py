@@ -34,6 +34,10 @@ from portraitkit.transports.base import Transport
 
 log = logging.getLogger("portraitkit.worker")
 
+# On shutdown, how long giving items back and recording the last results may wait for the
+# database before they are given up (leases expire, and the items are redone elsewhere).
+LAST_FLUSH_SECONDS = 5.0
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -118,7 +122,11 @@ class _Completer:
             self._wakeup.clear()
             batch, self._pending = self._pending, []
             if batch:
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                except asyncio.CancelledError:
+                    self._pending[:0] = batch  # aclose() records them, or gives them up
+                    raise
 
     async def _flush(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
         delay = 0.2
@@ -146,14 +154,24 @@ class _Completer:
             if not future.done():
                 future.set_result(gid in done)
 
-    async def aclose(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            await self._flush(batch)
+    async def aclose(self, give_up_after: float) -> None:
+        """Record what is left, trying for at most ``give_up_after`` seconds: a worker whose
+        database is gone must still stop, and results it could not record only cost a redo
+        (their leases expire and the items are claimed again)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        batch, self._pending = self._pending, []
+        if batch:
+            try:
+                async with asyncio.timeout(give_up_after):
+                    await self._flush(batch)
+            except TimeoutError:
+                log.warning(
+                    "results not recorded",
+                    extra={"event": "results_dropped", "items": len(batch)},
+                )
 
 
 class Worker:
@@ -213,7 +231,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._completer.aclose()
+            await self._completer.aclose(give_up_after=LAST_FLUSH_SECONDS)
             for generator in self._generator_cache.values():
                 close = getattr(generator, "aclose", None)
                 if close is not None:
@@ -434,11 +452,11 @@ class Worker:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
-                with contextlib.suppress(DatabaseUnavailable):
-                    self.stats.released += int(
-                        await self.queue.rpc(
+                # With the database gone their leases expire instead: never wait long here.
+                with contextlib.suppress(DatabaseUnavailable, TimeoutError):
+                    async with asyncio.timeout(LAST_FLUSH_SECONDS):
+                        released = await self.queue.rpc(
                             "release_generations",
                             {"worker_id": self.options.worker_id, "generation_ids": ids},
                         )
-                        or 0
-                    )
+                    self.stats.released += int(released or 0)

@@ -254,3 +254,51 @@ def test_worker_survives_a_database_restart(tmp_path: Path) -> None:
         assert ledger_ok(url)
     finally:
         server.stop()
+
+
+def test_sigterm_with_the_database_gone_still_exits(tmp_path: Path) -> None:
+    """Results that cannot be recorded are given up a few seconds after the grace period
+    (their leases expire and another worker redoes them): the process never hangs, even
+    with results waiting behind a recording that is already retrying."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = server.ensure_running()
+    Migrator(url, bootstrap=True).migrate()
+    state_dir = tmp_path / "state"
+
+    def processing() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return int(
+                conn.execute(
+                    "select count(*) from public.generations where status = 'processing'"
+                ).fetchone()[0]
+            )
+
+    try:
+        enqueue(url, state_dir, 1, ["poster"])
+        proc = start_worker(
+            url, state_dir, "stranded", "--generator", "slow:1.0", "--concurrency", "2"
+        )
+        deadline = time.time() + 20
+        while processing() < 1:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(0.4)
+        enqueue(url, state_dir, 1, ["noir"])  # finishes 0.4 s after the first
+        while processing() < 2:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        server.stop()  # both results now fail to be recorded, one behind the other
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"the worker hung after SIGTERM: {proc.communicate()[1][-2000:]}")
+        # At most: a claim waiting out the pool's 10 s, the 5 s grace, then 5 s each to give
+        # items back and to record the last results.
+        assert time.monotonic() - started < 28
+        assert stats_of(proc)["completed"] == 0
+    finally:
+        server.stop()
