@@ -104,8 +104,12 @@ class NotifyFeed(_Doorbell):
                 raise
             except Exception as exc:  # the database went away: wait, then listen again
                 self.connected.clear()
-                log.info(
-                    "feed lost", extra={"event": "feed_lost", "error": str(exc), "retry_in": delay}
+                # A warning once per outage (a wrong PORTRAITKIT_LISTEN_URL shows at once),
+                # the retries only with -v.
+                log.log(
+                    logging.WARNING if delay == 0.2 else logging.INFO,
+                    "feed lost",
+                    extra={"event": "feed_lost", "error": str(exc), "retry_in": delay},
                 )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self.max_backoff)
