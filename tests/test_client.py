@@ -24,8 +24,9 @@ from portraitkit.database import rpc
 from portraitkit.models import BatchStatus, GenerationStatus
 from portraitkit.session import LocalTokens
 from portraitkit.storage import InvalidImage, LocalStorage
+from portraitkit.transports.base import RetryPolicy
 from portraitkit.transports.postgres import PostgresTransport, make_pool
-from portraitkit.transports.supabase import RetryPolicy, SupabaseTransport
+from portraitkit.transports.supabase import SupabaseTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -346,3 +347,44 @@ def test_service_token_is_not_a_user(db_url: str) -> None:
     assert transport.user_id is None
     with pytest.raises(errors.NotAuthenticated):
         _ = PortraitClient(transport).user_id
+
+
+async def test_direct_postgres_resends_only_what_is_safe_after_a_dropped_connection(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The server drops every connection of the pool (a restart, a pooler recycling them):
+    reads and creates are sent again on a fresh connection, charged once; a cancel, not
+    safe to repeat blindly, fails as DatabaseUnavailable and the caller decides."""
+    name = f"pk-drop-{uuid.uuid4().hex[:8]}"
+    pool = make_pool(psycopg.conninfo.make_conninfo(db_url, application_name=name), max_size=2)
+    await pool.open(wait=True)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        user = create_local_user(conn, f"{uuid.uuid4().hex[:10]}@example.test", 30)
+    transport = PostgresTransport(
+        pool, LocalTokens(SECRET, user), SECRET, retry=RetryPolicy(2, 0.001, 0.002)
+    )
+    client = PortraitClient(transport, LocalStorage(tmp_path / "storage"))
+
+    def drop_connections() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            dropped = conn.execute(
+                "select count(*) filter (where pg_terminate_backend(pid))"
+                " from pg_stat_activity where application_name = %s",
+                (name,),
+            ).fetchone()
+        assert dropped is not None and dropped[0] >= 1
+
+    try:
+        batch_id = await client.create_batch(["poster"], png())
+        drop_connections()
+        assert [b.id for b in (await client.list_batches()).items] == [batch_id]
+        drop_connections()
+        second = await client.create_batch(["noir"], png())
+        assert await client.balance() == 30 - 2  # two batches, each charged once
+        drop_connections()
+        with pytest.raises(errors.DatabaseUnavailable):
+            await client.cancel_batch(second)
+        assert (await client.get_batch(second)).status is BatchStatus.PENDING
+    finally:
+        await client.aclose()
+        await pool.close()

@@ -27,7 +27,8 @@ from portraitkit.client import PortraitClient
 from portraitkit.database.migrations import Migrator
 from portraitkit.errors import TransportTimeout
 from portraitkit.storage import ObjectNotFound
-from portraitkit.transports.supabase import RetryPolicy, SupabaseTransport
+from portraitkit.transports.base import RetryPolicy
+from portraitkit.transports.supabase import SupabaseTransport
 from tests.gateway import Gateway
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from portraitkit.errors import PortraitkitError, error_from_postgres
+from portraitkit.errors import DatabaseUnavailable, PortraitkitError, error_from_postgres
 
 ANON_ROLE = "anon"
 SET_REQUEST = "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
@@ -53,6 +53,10 @@ def shape(function: str, description: Any, rows: list[dict[str, Any]]) -> Any:
 def translate(exc: psycopg.Error, role: str | None = None) -> PortraitkitError:
     """The typed exception for a database error, as the HTTP transport would see it
     (PostgREST answers a privilege error 401 to an anonymous caller, 403 otherwise)."""
+    if exc.sqlstate is None and isinstance(exc, psycopg.OperationalError):
+        # The connection itself failed (closed by the server, the network, a pooler): there
+        # is no server error to map, only an unreachable database.
+        return DatabaseUnavailable(f"The database connection failed: {exc}")
     diag = exc.diag
     status = (401 if role == ANON_ROLE else 403) if exc.sqlstate == "42501" else None
     return error_from_postgres(

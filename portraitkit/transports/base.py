@@ -8,7 +8,21 @@ identity, and raises the typed errors of :mod:`portraitkit.errors`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a retry-safe call is resent after a dropped connection or a timeout:
+    ``attempts`` tries in all, with exponential delays. Both transports use it."""
+
+    attempts: int = 3
+    base_delay: float = 0.2
+    max_delay: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        return float(min(self.max_delay, self.base_delay * 2**retry))
 
 
 class Transport(Protocol):

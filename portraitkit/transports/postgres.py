@@ -8,7 +8,8 @@ statements and nothing kept between transactions, so a transaction-mode pooler w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -18,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from portraitkit.auth import verify_token
 from portraitkit.database import rpc
 from portraitkit.errors import DatabaseUnavailable, PortraitkitError
+from portraitkit.transports.base import RetryPolicy
 
 TokenSource = Callable[[], str | None]
 
@@ -44,11 +46,13 @@ class PostgresTransport:
         jwt_secret: str,
         *,
         owns_pool: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._pool = pool
         self._token = token
         self._secret = jwt_secret
         self._owns_pool = owns_pool
+        self._retry = retry or RetryPolicy()
 
     def _claims(self) -> dict[str, Any] | None:
         token = self._token()
@@ -63,13 +67,11 @@ class PostgresTransport:
         self, function: str, args: Mapping[str, Any] | None = None, *, retry_safe: bool = False
     ) -> Any:
         claims = self._claims()
-        try:
-            async with self._pool.connection() as conn:
-                return await rpc.acall(conn, function, args, claims=claims)
-        except PortraitkitError:
-            raise
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+
+        async def call(conn: psycopg.AsyncConnection[Any]) -> Any:
+            return await rpc.acall(conn, function, args, claims=claims)
+
+        return await self._on_connection(call, retry_safe=retry_safe)
 
     async def select(
         self, table: str, *, columns: Sequence[str] = ("*",), order: Sequence[str] = ()
@@ -83,13 +85,36 @@ class PostgresTransport:
         if order:
             query += sql.SQL(" order by ") + sql.SQL(", ").join(map(sql.Identifier, order))
         claims = self._claims()
-        try:
-            async with self._pool.connection() as conn:
-                return await rpc.aselect(conn, query, claims=claims)
-        except PortraitkitError:
-            raise
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            return await rpc.aselect(conn, query, claims=claims)
+
+        result: list[dict[str, Any]] = await self._on_connection(read, retry_safe=True)
+        return result
+
+    async def _on_connection(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], *, retry_safe: bool
+    ) -> Any:
+        """Run one request's transaction on a pooled connection. A connection that broke
+        under it (the server restarted, a pooler or the network dropped it) is discarded by
+        the pool; a retry-safe request is then sent again on another, as the Supabase
+        transport resends it. A request that is not safe to repeat fails at once."""
+        attempts = self._retry.attempts if retry_safe else 1
+        for attempt in range(attempts):
+            try:
+                async with self._pool.connection() as conn:
+                    try:
+                        return await work(conn)
+                    except DatabaseUnavailable:
+                        if not conn.broken or attempt + 1 >= attempts:
+                            raise
+            except PortraitkitError:
+                raise
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+            await asyncio.sleep(self._retry.delay(attempt))
+            await self._pool.check()  # its other idle connections likely died the same way
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def aclose(self) -> None:
         if self._owns_pool:

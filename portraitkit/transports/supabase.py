@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,6 +38,7 @@ from portraitkit.errors import (
     error_from_payload,
 )
 from portraitkit.storage import DEFAULT_BUCKET, SupabaseStorage
+from portraitkit.transports.base import RetryPolicy
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -57,18 +57,6 @@ _last_status: ContextVar[int | None] = ContextVar("portraitkit_last_status", def
 
 async def _record_status(response: httpx.Response) -> None:
     _last_status.set(response.status_code)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a retry-safe call is resent: ``attempts`` tries in all, exponential delays."""
-
-    attempts: int = 3
-    base_delay: float = 0.2
-    max_delay: float = 2.0
-
-    def delay(self, retry: int) -> float:
-        return float(min(self.max_delay, self.base_delay * 2**retry))
 
 
 def _token_subject(token: str | None) -> str | None:
