@@ -64,6 +64,8 @@ class NotifyFeed(_Doorbell):
     on ``portraitkit_batches``), so a watcher of one batch ignores everyone else's.
     """
 
+    FIRST_RETRY_SECONDS = 0.2  # doubled after each failed try, up to max_backoff
+
     def __init__(
         self,
         conninfo: str,
@@ -85,7 +87,7 @@ class NotifyFeed(_Doorbell):
         return self
 
     async def _listen(self) -> None:
-        delay = 0.2
+        delay = self.FIRST_RETRY_SECONDS
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -96,7 +98,7 @@ class NotifyFeed(_Doorbell):
                     )
                     self.connected.set()
                     self.ring()  # anything may have happened while we were away
-                    delay = 0.2
+                    delay = self.FIRST_RETRY_SECONDS
                     async for notify in conn.notifies():
                         if self.payload is None or notify.payload == self.payload:
                             self.ring()
@@ -107,7 +109,7 @@ class NotifyFeed(_Doorbell):
                 # A warning once per outage (a wrong PORTRAITKIT_LISTEN_URL shows at once),
                 # the retries only with -v.
                 log.log(
-                    logging.WARNING if delay == 0.2 else logging.INFO,
+                    logging.WARNING if delay == self.FIRST_RETRY_SECONDS else logging.INFO,
                     "feed lost",
                     extra={"event": "feed_lost", "error": str(exc), "retry_in": delay},
                 )

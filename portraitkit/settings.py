@@ -36,8 +36,8 @@ class Settings(BaseSettings):
         None,
         validation_alias=_env("PORTRAITKIT_LISTEN_URL", "listen_url"),
         description="A session connection for LISTEN/NOTIFY wake-ups when DATABASE_URL goes "
-        "through a transaction-mode pooler, which cannot carry them (e.g. Supabase's direct "
-        "or session-mode connection string). Defaults to DATABASE_URL.",
+        "through a transaction-mode pooler, which cannot carry them. Unset: DATABASE_URL, "
+        "or for Supabase's transaction pooler its session mode on the same host.",
     )
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "supabase_url"))
     supabase_anon_key: SecretStr | None = Field(

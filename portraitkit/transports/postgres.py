@@ -99,22 +99,22 @@ class PostgresTransport:
         under it (the server restarted, a pooler or the network dropped it) is discarded by
         the pool; a retry-safe request is then sent again on another, as the Supabase
         transport resends it. A request that is not safe to repeat fails at once."""
-        attempts = self._retry.attempts if retry_safe else 1
-        for attempt in range(attempts):
+        tries = 0
+        while True:
+            tries += 1
             try:
                 async with self._pool.connection() as conn:
                     try:
                         return await work(conn)
                     except DatabaseUnavailable:
-                        if not conn.broken or attempt + 1 >= attempts:
+                        if not (retry_safe and conn.broken and tries < self._retry.attempts):
                             raise
             except PortraitkitError:
                 raise
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
-            await asyncio.sleep(self._retry.delay(attempt))
+            await asyncio.sleep(self._retry.delay(tries - 1))
             await self._pool.check()  # its other idle connections likely died the same way
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def aclose(self) -> None:
         if self._owns_pool:
