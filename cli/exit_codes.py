@@ -18,11 +18,11 @@ from enum import IntEnum
 
 import psycopg
 
-from portraitkit.database.embedded import EmbeddedError
 from portraitkit.errors import (
     ConfigurationError,
     Conflict,
     DatabaseUnavailable,
+    EmbeddedError,
     InsufficientCredits,
     InvalidInput,
     NotAllowed,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from portraitkit.auth import LocalUser, create_local_user, find_local_user, issue_service_token
 from portraitkit.client import PortraitClient
 from portraitkit.database.connection import connect
-from portraitkit.errors import ConfigurationError, Conflict, InvalidInput, NotFound
+from portraitkit.errors import ConfigurationError, InvalidInput, UserExists, UserNotFound
 from portraitkit.session import database_url
 from portraitkit.settings import Settings
 from portraitkit.storage import LocalStorage
@@ -30,12 +30,8 @@ from portraitkit.transports.postgres import PostgresTransport, make_pool
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-class UserExists(Conflict):
-    code = "user_exists"
 
 
-class UserNotFound(NotFound):
-    code = "user_not_found"
 
 
 class UserAccount(BaseModel):

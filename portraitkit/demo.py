@@ -19,7 +19,7 @@ from portraitkit import admin
 from portraitkit.client import PortraitClient
 from portraitkit.contact_sheet import write_contact_sheet
 from portraitkit.database.lifecycle import bring_up
-from portraitkit.errors import ConfigurationError
+from portraitkit.errors import ConfigurationError, UserNotFound
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import Batch
 from portraitkit.service import open_worker
@@ -70,7 +70,7 @@ async def ensure_demo_user(settings: Settings, needed: int) -> admin.UserAccount
     try:
         user = await asyncio.to_thread(admin.find_user, settings, DEMO_EMAIL)
         account = await asyncio.to_thread(admin.get_account, settings, user.id)
-    except admin.UserNotFound:
+    except UserNotFound:
         account = await asyncio.to_thread(admin.create_user, settings, DEMO_EMAIL)
     if account.balance < needed:
         await admin.grant_credits(settings, DEMO_EMAIL, TOP_UP_CREDITS, "demo top-up")

@@ -1,9 +1,24 @@
-"""Typed errors: one exception per error code of the SQL contract, and the mapping to them.
+"""Typed errors: every exception portraitkit raises on purpose, one per stable code.
 
 The SQL functions raise SQLSTATE ``PGRST`` whose message is the JSON body PostgREST
 answers with (``{code, message, details, hint}``) and whose detail holds the HTTP status.
 Both transports end up with the same four fields, so both map through
 :func:`error_from_payload` and a caller sees the same exception whichever carried it.
+
+The whole hierarchy lives here (as in httpx's ``_exceptions.py``)::
+
+    PortraitkitError
+    ├── ConfigurationError
+    ├── DatabaseUnavailable ── TransportTimeout, EmbeddedError ── ServerAccountError
+    ├── MigrationError ── MigrationHistoryError
+    ├── NotAuthenticated, NotAllowed
+    ├── InvalidInput ── EmptyStyleList, TooManyStyles, DuplicateStyle, UnknownStyle,
+    │                   InactiveStyle, PromptTooLong, InvalidImage
+    ├── InsufficientCredits
+    ├── NotFound ── BatchNotFound, ProfileNotFound, SourceNotFound, ObjectNotFound,
+    │               UserNotFound
+    ├── Conflict ── BatchFinished, NothingToRetry, IdempotencyConflict, UserExists
+    └── GenerationError ── RetryableGenerationError, PermanentGenerationError
 """
 
 from __future__ import annotations
@@ -75,6 +90,44 @@ class TransportTimeout(DatabaseUnavailable):
     http_status = 504
 
 
+class EmbeddedError(DatabaseUnavailable):
+    """The embedded server could not be prepared, started or stopped."""
+
+    code = "embedded_server_error"
+    http_status = 503
+
+
+class ServerAccountError(EmbeddedError):
+    """The system user the embedded server runs as (when we are root) could not be made."""
+
+    code = "server_account_error"
+
+
+class MigrationError(PortraitkitError):
+    """A migration could not be applied; nothing of that file was kept."""
+
+    code = "migration_failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, version: str | None = None) -> None:
+        super().__init__(message, details={"version": version} if version else None)
+        self.version = version
+
+
+class MigrationHistoryError(MigrationError):
+    """The database records versions this checkout does not have (as `supabase db push`)."""
+
+    code = "migration_history_mismatch"
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(
+            "Remote migration versions not found in local migrations directory: "
+            + ", ".join(missing)
+        )
+        self.missing = missing
+        self.details = {"missing": missing}
+
+
 class NotAuthenticated(PortraitkitError):
     """A user function was called without a signed-in user."""
 
@@ -120,6 +173,12 @@ class PromptTooLong(InvalidInput):
     code = "prompt_too_long"
 
 
+class InvalidImage(InvalidInput):
+    """The source is not an image we can stylise (format, size or pixel count)."""
+
+    code = "invalid_image"
+
+
 class InsufficientCredits(PortraitkitError):
     """The balance does not cover the cost; details hold ``required`` and ``available``."""
 
@@ -140,6 +199,24 @@ class BatchNotFound(NotFound):
 
 class ProfileNotFound(NotFound):
     code = "profile_not_found"
+
+
+class SourceNotFound(NotFound):
+    """The source photo is not an object of the caller's (another user's looks the same)."""
+
+    code = "source_not_found"
+
+
+class ObjectNotFound(NotFound):
+    """No stored object at that path (or not one this identity may see)."""
+
+    code = "object_not_found"
+
+
+class UserNotFound(NotFound):
+    """No local user with that email or id (embedded and direct-Postgres modes)."""
+
+    code = "user_not_found"
 
 
 class Conflict(PortraitkitError):
@@ -163,6 +240,33 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class GenerationError(PortraitkitError):
+    """A generation did not produce an image; the subclass says whether trying again helps."""
+
+    code = "generation_error"
+    http_status = 502
+
+
+class RetryableGenerationError(GenerationError):
+    """Worth another attempt later: rate limits, server errors, timeouts, lost connections."""
+
+    code = "generation_retryable"
+    http_status = 503
+
+
+class PermanentGenerationError(GenerationError):
+    """Trying again gives the same answer: unreadable photo, unknown style, rejected request."""
+
+    code = "generation_failed"
+    http_status = 422
+
+
+class UserExists(Conflict):
+    """A local user with that email already exists."""
+
+    code = "user_exists"
+
+
 def _all_subclasses(cls: type[PortraitkitError]) -> list[type[PortraitkitError]]:
     found: list[type[PortraitkitError]] = []
     for sub in cls.__subclasses__():
@@ -172,7 +276,7 @@ def _all_subclasses(cls: type[PortraitkitError]) -> list[type[PortraitkitError]]
 
 
 ERRORS_BY_CODE: dict[str, type[PortraitkitError]] = {
-    cls.code: cls for cls in _all_subclasses(PortraitkitError)
+    cls.code: cls for cls in [PortraitkitError, *_all_subclasses(PortraitkitError)]
 }
 
 
@@ -212,6 +316,10 @@ def error_from_payload(
             kind = DatabaseUnavailable
         elif code in ("PGRST301", "PGRST302", "PGRST303"):
             kind = NotAuthenticated
+        elif code.startswith("22"):
+            # A data exception before the function ran (PostgREST or psycopg could not
+            # cast an argument, e.g. a number out of range): the request is malformed.
+            return InvalidInput(text, details={"sqlstate": code, **_as_details(details)}, hint=hint)
     if kind is None:
         return PortraitkitError(
             text, details=_as_details(details), hint=hint, code=code, http_status=http_status

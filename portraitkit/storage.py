@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,9 +20,10 @@ from PIL import Image, UnidentifiedImageError
 
 from portraitkit.errors import (
     DatabaseUnavailable,
+    InvalidImage,
     InvalidInput,
     NotAllowed,
-    NotFound,
+    ObjectNotFound,
     PortraitkitError,
 )
 
@@ -33,16 +35,8 @@ CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
-class InvalidImage(InvalidInput):
-    """The source is not an image we can stylise (format, size or pixel count)."""
-
-    code = "invalid_image"
 
 
-class ObjectNotFound(NotFound):
-    """No object at that path (or not one this identity may see)."""
-
-    code = "object_not_found"
 
 
 @dataclass(frozen=True)
@@ -94,6 +88,27 @@ def validate_source_image(data: bytes) -> ImageInfo:
             details={"field": "source", "min_side": MIN_SOURCE_SIDE},
         )
     return ImageInfo(fmt, width, height)
+
+
+# The contract's path rules (docs/contract.md, "Paths"), checked again by the worker
+# before it reads a source: a row written some other way must not leak another's photo.
+_FORBIDDEN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\\\xa0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]"
+)
+
+
+def owned_path_problem(path: str, owner: Any) -> str | None:
+    """Why ``path`` is not a well-formed object path in ``owner``'s folder, or None."""
+    if not path or len(path) > 1024:
+        return "missing or too long"
+    if _FORBIDDEN.search(path):
+        return "control, white-space or backslash character"
+    segments = path.split("/")
+    if any(s in ("", ".", "..") or s != s.strip(" ") for s in segments):
+        return "empty, dot or space-edged segment"
+    if len(segments) < 2 or segments[0] != str(owner):
+        return "not in the owner's folder"
+    return None
 
 
 def source_object_path(user_id: Any, data: bytes, info: ImageInfo) -> str:

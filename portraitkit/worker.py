@@ -21,15 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from portraitkit.errors import DatabaseUnavailable, PortraitkitError
+from portraitkit.errors import DatabaseUnavailable, PermanentGenerationError, PortraitkitError
 from portraitkit.feeds import Feed, PollingFeed
-from portraitkit.generators.base import (
-    GenerationRequest,
-    Generator,
-    PermanentGenerationError,
-)
+from portraitkit.generators.base import GenerationRequest, Generator
 from portraitkit.models import ClaimedGeneration
-from portraitkit.storage import Storage, result_object_path
+from portraitkit.storage import Storage, owned_path_problem, result_object_path
 from portraitkit.transports.base import Transport
 
 log = logging.getLogger("portraitkit.worker")
@@ -333,6 +329,12 @@ class Worker:
         started = time.perf_counter()
         outcome = "completed"
         try:
+            if problem := owned_path_problem(item.source_image_path, item.user_id):
+                # Defence in depth: the contract refuses such a source, but a row written
+                # some other way must not get another user's photo stylised.
+                raise PermanentGenerationError(
+                    f"The source photo is not in its owner's folder ({problem})."
+                )
             source = await self._sources.get(item.source_image_path)
             generator = self._generator(self.options.generator or item.generator)
             image = await generator.generate(

@@ -21,9 +21,10 @@ from portraitkit import errors
 from portraitkit.auth import create_local_user, issue_service_token
 from portraitkit.client import PortraitClient, SyncPortraitClient
 from portraitkit.database import rpc
+from portraitkit.errors import InvalidImage
 from portraitkit.models import BatchStatus, GenerationStatus
 from portraitkit.session import LocalTokens
-from portraitkit.storage import InvalidImage, LocalStorage
+from portraitkit.storage import LocalStorage
 from portraitkit.transports.base import RetryPolicy
 from portraitkit.transports.postgres import PostgresTransport, make_pool
 from portraitkit.transports.supabase import SupabaseTransport

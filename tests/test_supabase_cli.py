@@ -32,9 +32,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from portraitkit.database.migrations import MigrationHistoryError, Migrator, local_migrations
+from portraitkit.database.migrations import Migrator, local_migrations
 from portraitkit.database.schema_files import schema_dirs
 from portraitkit.database.sqlsplit import split_statements
+from portraitkit.errors import MigrationHistoryError
 
 CLI_VERSION = "2.117.0"
 CLI_TIMEOUT = 120

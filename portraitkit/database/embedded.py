@@ -39,6 +39,7 @@ from portraitkit.database.server_account import (
     run_as,
     server_account,
 )
+from portraitkit.errors import EmbeddedError
 from portraitkit.secretfile import read_or_create_secret
 
 HOST = "127.0.0.1"
@@ -51,12 +52,6 @@ SERVER_SETTINGS = {
 }
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 60
-
-
-class EmbeddedError(RuntimeError):
-    """The embedded server could not be prepared, started or stopped."""
-
-    code = "embedded_server_error"
 
 
 def pg_bin_dir() -> Path:

@@ -26,6 +26,7 @@ from psycopg.rows import TupleRow
 from portraitkit.database.connection import connect
 from portraitkit.database.schema_files import SchemaDirs, schema_dirs
 from portraitkit.database.sqlsplit import split_statements
+from portraitkit.errors import MigrationError, MigrationHistoryError
 
 # The Supabase CLI's own pattern (pkg/migration/file.go); other files are skipped.
 MIGRATION_FILE = re.compile(r"^([0-9]+)_(.*)\.sql$")
@@ -46,29 +47,6 @@ INSERT_HISTORY = (
     "INSERT INTO supabase_migrations.schema_migrations(version, name, statements) "
     "VALUES (%s, %s, %s)"
 )
-
-
-class MigrationError(Exception):
-    """A migration could not be applied; nothing of that file was kept."""
-
-    code = "migration_failed"
-
-    def __init__(self, message: str, *, version: str | None = None) -> None:
-        super().__init__(message)
-        self.version = version
-
-
-class MigrationHistoryError(MigrationError):
-    """The database records versions this checkout does not have (as `supabase db push`)."""
-
-    code = "migration_history_mismatch"
-
-    def __init__(self, missing: list[str]) -> None:
-        super().__init__(
-            "Remote migration versions not found in local migrations directory: "
-            + ", ".join(missing)
-        )
-        self.missing = missing
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -39,8 +40,18 @@ def statement(function: str, args: Mapping[str, Any]) -> sql.Composed:
 
 
 def parameters(args: Mapping[str, Any]) -> list[Any]:
-    """Dicts travel as jsonb; everything else as psycopg adapts it."""
-    return [Jsonb(v) if isinstance(v, dict) else v for v in args.values()]
+    """Dicts travel as jsonb; a uuid or an integer as text of no declared type, which the
+    function's parameter type then parses, as it parses the JSON that PostgREST passes
+    on (the user API takes ids as text and checks them itself; a number out of range is
+    a data exception, not a missing int8 overload); everything else as psycopg adapts it."""
+    return [
+        Jsonb(v)
+        if isinstance(v, dict)
+        else str(v)
+        if isinstance(v, UUID) or (isinstance(v, int) and not isinstance(v, bool))
+        else v
+        for v in args.values()
+    ]
 
 
 def shape(function: str, description: Any, rows: list[dict[str, Any]]) -> Any:

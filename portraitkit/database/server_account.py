@@ -16,13 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from portraitkit.errors import ServerAccountError
+
 SYSTEM_USER = "portraitkit"
-
-
-class ServerAccountError(RuntimeError):
-    """The system user for the server could not be found or created."""
-
-    code = "server_account_error"
 
 
 @dataclass(frozen=True)

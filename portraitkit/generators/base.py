@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from portraitkit.errors import ConfigurationError, PortraitkitError
+from portraitkit.errors import (
+    ConfigurationError,
+)
 
 GENERATOR_NAMES = ("local", "http", "noop")
 
@@ -48,27 +50,6 @@ class GeneratedImage:
 
     def __repr__(self) -> str:
         return f"GeneratedImage(content_type={self.content_type!r}, data=<{len(self.data)} bytes>)"
-
-
-class GenerationError(PortraitkitError):
-    """A generation did not produce an image; the subclass says whether trying again helps."""
-
-    code = "generation_error"
-    http_status = 502
-
-
-class RetryableGenerationError(GenerationError):
-    """Worth another attempt later: rate limits, server errors, timeouts, lost connections."""
-
-    code = "generation_retryable"
-    http_status = 503
-
-
-class PermanentGenerationError(GenerationError):
-    """Trying again gives the same answer: unreadable photo, unknown style, rejected request."""
-
-    code = "generation_failed"
-    http_status = 422
 
 
 @runtime_checkable

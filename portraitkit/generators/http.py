@@ -43,14 +43,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from portraitkit.errors import ConfigurationError
-from portraitkit.generators.base import (
-    GeneratedImage,
-    GenerationRequest,
+from portraitkit.errors import (
+    ConfigurationError,
     PermanentGenerationError,
     RetryableGenerationError,
-    sniff_image_type,
 )
+from portraitkit.generators.base import GeneratedImage, GenerationRequest, sniff_image_type
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx

@@ -19,11 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from portraitkit.generators.base import (
-    GeneratedImage,
-    GenerationRequest,
-    PermanentGenerationError,
-)
+from portraitkit.errors import PermanentGenerationError
+from portraitkit.generators.base import GeneratedImage, GenerationRequest
 from portraitkit.generators.styles import EFFECTS, Effect
 
 DEFAULT_MAX_SIDE = 768

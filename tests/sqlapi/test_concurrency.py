@@ -42,7 +42,9 @@ def test_concurrent_creates_never_overdraw(admin: Any, db_url: str, make_user: A
         results = _run_together(
             60,
             lambda i: actors[i].rpc(
-                "create_generation_batch", style_keys=["oil_painting"], source_image_path="s.png"
+                "create_generation_batch",
+                style_keys=["oil_painting"],
+                source_image_path=f"{actors[i].user_id}/sources/s.png",
             ),
         )
     finally:
@@ -76,7 +78,7 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_batch(
             lambda i: actors[i].rpc(
                 "create_generation_batch",
                 style_keys=["poster"],
-                source_image_path="s.png",
+                source_image_path=f"{actors[i].user_id}/sources/s.png",
                 idempotency_key="tap-twice",
             ),
         )
@@ -174,7 +176,9 @@ def test_concurrent_status_changes_keep_counters_exact(
                     )
                 else:
                     conns[i].execute(
-                        "select public.complete_generation(%s, %s, 'x.png')", (worker_ids[i], gid)
+                        "select public.complete_generation(%s, g.id, g.user_id || '/x.png')"
+                        " from public.generations g where g.id = %s",
+                        (worker_ids[i], gid),
                     )
             conns[i].execute("reset role")
 
@@ -228,7 +232,9 @@ def test_cancel_racing_claims_and_completions_stays_exact(
                 )
                 for (gid,) in rows:
                     conns[i].execute(
-                        "select public.complete_generation(%s, %s, 'x')", (f"w{i}", gid)
+                        "select public.complete_generation(%s, g.id, g.user_id || '/x')"
+                        " from public.generations g where g.id = %s",
+                        (f"w{i}", gid),
                     )
 
         assert [r for r in _run_together(threads, work) if r is not None] == []

@@ -73,7 +73,11 @@ def test_cost_comes_from_the_catalogue(admin: Any, make_user: Any) -> None:
     admin.execute("update public.styles set credit_cost = 7 where key = 'noir'")
     try:
         user = make_user(credits=10)
-        user.rpc("create_generation_batch", style_keys=["noir"], source_image_path="s.png")
+        user.rpc(
+            "create_generation_batch",
+            style_keys=["noir"],
+            source_image_path=f"{user.user_id}/sources/s.png",
+        )
         assert _state(admin, user.user_id)[0] == 3
     finally:
         admin.execute("update public.styles set credit_cost = 1 where key = 'noir'")
@@ -84,7 +88,7 @@ def test_custom_prompt_is_kept_on_batch_and_items(admin: Any, make_user: Any) ->
     batch_id = user.rpc(
         "create_generation_batch",
         style_keys=["charcoal"],
-        source_image_path="s.png",
+        source_image_path=f"{user.user_id}/sources/s.png",
         custom_prompt="  in a red scarf ",
     )
     row = admin.execute(
@@ -99,7 +103,7 @@ def test_same_idempotency_key_returns_same_batch_charged_once(admin: Any, make_u
     user = make_user(credits=10)
     args = {
         "style_keys": ["pop_art", "poster"],
-        "source_image_path": "s.png",
+        "source_image_path": f"{user.user_id}/sources/s.png",
         "idempotency_key": "k-1",
     }
     first = user.rpc("create_generation_batch", **args)
@@ -113,7 +117,7 @@ def test_idempotency_key_reused_for_other_request_is_a_conflict(admin: Any, make
     user.rpc(
         "create_generation_batch",
         style_keys=["poster"],
-        source_image_path="s.png",
+        source_image_path=f"{user.user_id}/sources/s.png",
         idempotency_key="k-2",
     )
     before = _state(admin, user.user_id)
@@ -121,7 +125,7 @@ def test_idempotency_key_reused_for_other_request_is_a_conflict(admin: Any, make
         user.rpc(
             "create_generation_batch",
             style_keys=["noir"],
-            source_image_path="s.png",
+            source_image_path=f"{user.user_id}/sources/s.png",
             idempotency_key="k-2",
         )
     assert caught.value.http_status == 409
@@ -133,13 +137,13 @@ def test_idempotency_keys_are_per_user(make_user: Any) -> None:
     a = alice.rpc(
         "create_generation_batch",
         style_keys=["poster"],
-        source_image_path="s.png",
+        source_image_path=f"{alice.user_id}/sources/s.png",
         idempotency_key="shared",
     )
     b = bob.rpc(
         "create_generation_batch",
         style_keys=["poster"],
-        source_image_path="s.png",
+        source_image_path=f"{bob.user_id}/sources/s.png",
         idempotency_key="shared",
     )
     assert a != b
@@ -188,7 +192,10 @@ def test_bad_input_is_refused_and_changes_nothing(
     status: int,
 ) -> None:
     user = make_user(credits=5)
-    args: dict[str, Any] = {"style_keys": ["poster"], "source_image_path": "s.png"}
+    args: dict[str, Any] = {
+        "style_keys": ["poster"],
+        "source_image_path": f"{user.user_id}/sources/s.png",
+    }
     args.update(override)
     before = _state(admin, user.user_id)
     with pytest.raises(error) as caught:
@@ -203,21 +210,37 @@ def test_bad_input_is_refused_and_changes_nothing(
 def test_error_details_are_machine_readable(make_user: Any) -> None:
     user = make_user(credits=2)
     with pytest.raises(errors.InsufficientCredits) as caught:
-        user.rpc("create_generation_batch", style_keys=["oil_painting"], source_image_path="s.png")
+        user.rpc(
+            "create_generation_batch",
+            style_keys=["oil_painting"],
+            source_image_path=f"{user.user_id}/sources/s.png",
+        )
     assert caught.value.details == {"required": 3, "available": 2}
     with pytest.raises(errors.UnknownStyle) as unknown:
-        user.rpc("create_generation_batch", style_keys=["zzz", "aaa"], source_image_path="s.png")
+        user.rpc(
+            "create_generation_batch",
+            style_keys=["zzz", "aaa"],
+            source_image_path=f"{user.user_id}/sources/s.png",
+        )
     assert unknown.value.details == {"style_keys": ["aaa", "zzz"]}
 
 
 def test_anonymous_caller_cannot_create(anon: Any) -> None:
     with pytest.raises(errors.NotAuthenticated):
-        anon.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png")
+        anon.rpc(
+            "create_generation_batch",
+            style_keys=["poster"],
+            source_image_path=f"{uuid.uuid4()}/sources/s.png",
+        )
 
 
 def test_service_role_without_user_is_not_authenticated(service: Any) -> None:
     with pytest.raises(errors.NotAuthenticated):
-        service.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png")
+        service.rpc(
+            "create_generation_batch",
+            style_keys=["poster"],
+            source_image_path=f"{uuid.uuid4()}/sources/s.png",
+        )
 
 
 def test_signed_in_role_without_sub_is_not_authenticated(db_url: str) -> None:
@@ -226,7 +249,11 @@ def test_signed_in_role_without_sub_is_not_authenticated(db_url: str) -> None:
     actor = Actor(db_url, {"role": "authenticated"})
     try:
         with pytest.raises(errors.NotAuthenticated) as caught:
-            actor.rpc("create_generation_batch", style_keys=["poster"], source_image_path="s.png")
+            actor.rpc(
+                "create_generation_batch",
+                style_keys=["poster"],
+                source_image_path=f"{actor.user_id}/sources/s.png",
+            )
         assert caught.value.http_status == 401
     finally:
         actor.close()

@@ -23,7 +23,11 @@ def drain(admin: Any) -> None:
 
 
 def _new_batch(user: Any, styles: list[str] = STYLES) -> uuid.UUID:
-    return user.rpc("create_generation_batch", style_keys=styles, source_image_path="s.png")
+    return user.rpc(
+        "create_generation_batch",
+        style_keys=styles,
+        source_image_path=f"{user.user_id}/sources/s.png",
+    )
 
 
 def _claim_all(service: Any, worker: str = "w") -> list[dict[str, Any]]:
@@ -45,7 +49,7 @@ def test_batch_completes_when_every_item_completes(
         "complete_generations",
         worker_id="w",
         generation_ids=[c["id"] for c in claimed],
-        image_paths=[f"p/{c['id']}.png" for c in claimed],
+        image_paths=[f"{c['user_id']}/p/{c['id']}.png" for c in claimed],
     )
     assert sorted(accepted) == sorted(c["id"] for c in claimed)
     batch = batch_row(admin, batch_id)
@@ -56,7 +60,7 @@ def test_batch_completes_when_every_item_completes(
         0,
     )
     assert batch["finished_at"] is not None
-    assert batch["cover_image_url"].startswith("p/")
+    assert batch["cover_image_url"].startswith(f"{user.user_id}/p/")
     assert (
         admin.execute(
             "select total_credits from public.profiles where id = %s", (user.user_id,)
@@ -72,10 +76,16 @@ def test_some_failed_makes_partial_and_refunds_only_failed(
     batch_id = _new_batch(user)
     ids = _by_style(_claim_all(service))
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=ids["pencil_sketch"], image_path="a.png"
+        "complete_generation",
+        worker_id="w",
+        generation_id=ids["pencil_sketch"],
+        image_path=f"{user.user_id}/a.png",
     )
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=ids["pop_art"], image_path="b.png"
+        "complete_generation",
+        worker_id="w",
+        generation_id=ids["pop_art"],
+        image_path=f"{user.user_id}/b.png",
     )
     assert (
         service.rpc(
@@ -141,7 +151,10 @@ def test_cancel_refunds_pending_items_and_lets_running_ones_finish(
     )
     assert (
         service.rpc(
-            "complete_generation", worker_id="w", generation_id=running["id"], image_path="r.png"
+            "complete_generation",
+            worker_id="w",
+            generation_id=running["id"],
+            image_path=f"{user.user_id}/r.png",
         )
         is True
     )
@@ -192,7 +205,7 @@ def test_cancelled_item_result_is_discarded(
             "complete_generation",
             worker_id="w",
             generation_id=claimed[0]["id"],
-            image_path="late.png",
+            image_path=f"{user.user_id}/late.png",
         )
         is False
     )
@@ -205,7 +218,10 @@ def test_retry_failed_requeues_and_charges_again(
     batch_id = _new_batch(user)
     ids = _by_style(_claim_all(service))
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=ids["pencil_sketch"], image_path="a.png"
+        "complete_generation",
+        worker_id="w",
+        generation_id=ids["pencil_sketch"],
+        image_path=f"{user.user_id}/a.png",
     )
     for key in ("pop_art", "oil_painting"):
         service.rpc(
@@ -271,11 +287,14 @@ def test_delete_removes_batch_and_refunds_unfinished(
     batch_id = _new_batch(user)
     first = service.rpc("claim_generations", worker_id="w", max_items=1)[0]
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=first["id"], image_path="keep.png"
+        "complete_generation",
+        worker_id="w",
+        generation_id=first["id"],
+        image_path=f"{user.user_id}/keep.png",
     )
     result = user.rpc("delete_batch", batch_id=batch_id)
     assert result["deleted"] is True and result["refunded"] == 5
-    assert result["image_paths"] == ["keep.png"]
+    assert result["image_paths"] == [f"{user.user_id}/keep.png"]
     assert (
         admin.execute(
             "select count(*) as n from public.generations where batch_id = %s", (batch_id,)
@@ -312,14 +331,22 @@ def test_get_batch_shows_items_with_style_names_and_timings(
     user = make_user(credits=10)
     batch_id = _new_batch(user)
     first = service.rpc("claim_generations", worker_id="w", max_items=1)[0]
-    service.rpc("complete_generation", worker_id="w", generation_id=first["id"], image_path="x.png")
+    service.rpc(
+        "complete_generation",
+        worker_id="w",
+        generation_id=first["id"],
+        image_path=f"{user.user_id}/x.png",
+    )
     batch = user.rpc("get_batch", batch_id=batch_id)
     assert [i["style_name"] for i in batch["items"]] == ["Pencil Sketch", "Pop Art", "Oil Painting"]
     done = batch["items"][0]
-    assert done["status"] == "completed" and done["generated_image_url"] == "x.png"
+    assert done["status"] == "completed" and done["generated_image_url"] == f"{user.user_id}/x.png"
     assert done["duration_ms"] is not None and done["duration_ms"] >= 0
     assert (batch["completed_count"], batch["total_count"], batch["progress"]) == (1, 3, 33)
-    assert batch["cover_image_url"] == "x.png" and batch["cover_style_key"] == "pencil_sketch"
+    assert (
+        batch["cover_image_url"] == f"{user.user_id}/x.png"
+        and batch["cover_style_key"] == "pencil_sketch"
+    )
 
 
 def test_list_batches_pages_newest_first_and_filters(admin: Any, make_user: Any) -> None:
@@ -364,9 +391,17 @@ def test_stats_summarise_the_users_work(make_user: Any, service: Any, drain: Non
     _new_batch(user)
     ids = _by_style(_claim_all(service))
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=ids["pencil_sketch"], image_path="a"
+        "complete_generation",
+        worker_id="w",
+        generation_id=ids["pencil_sketch"],
+        image_path=f"{user.user_id}/a",
     )
-    service.rpc("complete_generation", worker_id="w", generation_id=ids["pop_art"], image_path="b")
+    service.rpc(
+        "complete_generation",
+        worker_id="w",
+        generation_id=ids["pop_art"],
+        image_path=f"{user.user_id}/b",
+    )
     service.rpc(
         "fail_generation",
         worker_id="w",

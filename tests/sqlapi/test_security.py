@@ -48,12 +48,21 @@ def world(admin: Any, make_user: Any, service: Any) -> dict[str, Any]:
     )
     alice, bob = make_user(credits=10), make_user(credits=10)
     a = alice.rpc(
-        "create_generation_batch", style_keys=["poster", "noir"], source_image_path="a.png"
+        "create_generation_batch",
+        style_keys=["poster", "noir"],
+        source_image_path=f"{alice.user_id}/sources/a.png",
     )
-    b = bob.rpc("create_generation_batch", style_keys=["poster"], source_image_path="b.png")
+    b = bob.rpc(
+        "create_generation_batch",
+        style_keys=["poster"],
+        source_image_path=f"{bob.user_id}/sources/b.png",
+    )
     item = service.rpc("claim_generations", worker_id="w", max_items=1)[0]
     service.rpc(
-        "complete_generation", worker_id="w", generation_id=item["id"], image_path="done.png"
+        "complete_generation",
+        worker_id="w",
+        generation_id=item["id"],
+        image_path=f"{item['user_id']}/done.png",
     )
     return {"alice": alice, "bob": bob, "alice_batch": a, "bob_batch": b}
 

@@ -46,7 +46,12 @@ def test_only_the_lease_holder_can_finish(make_user: Any, service: Any) -> None:
     _batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w1")[0]
     assert (
-        service.rpc("complete_generation", worker_id="w2", generation_id=item["id"], image_path="x")
+        service.rpc(
+            "complete_generation",
+            worker_id="w2",
+            generation_id=item["id"],
+            image_path=f"{user.user_id}/x",
+        )
         is False
     )
     assert (
@@ -57,11 +62,21 @@ def test_only_the_lease_holder_can_finish(make_user: Any, service: Any) -> None:
         item["id"]
     ]
     assert (
-        service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="x")
+        service.rpc(
+            "complete_generation",
+            worker_id="w1",
+            generation_id=item["id"],
+            image_path=f"{user.user_id}/x",
+        )
         is True
     )
     assert (
-        service.rpc("complete_generation", worker_id="w1", generation_id=item["id"], image_path="y")
+        service.rpc(
+            "complete_generation",
+            worker_id="w1",
+            generation_id=item["id"],
+            image_path=f"{user.user_id}/y",
+        )
         is False
     )
 
@@ -155,7 +170,7 @@ def test_expired_lease_is_recovered_and_counts_as_an_attempt(
             "complete_generation",
             worker_id="dead",
             generation_id=claimed[0]["id"],
-            image_path="late",
+            image_path=f"{claimed[0]['user_id']}/late",
         )
         is False
     )
@@ -164,7 +179,7 @@ def test_expired_lease_is_recovered_and_counts_as_an_attempt(
             "complete_generation",
             worker_id="alive",
             generation_id=claimed[0]["id"],
-            image_path="ok",
+            image_path=f"{claimed[0]['user_id']}/ok",
         )
         is True
     )
@@ -211,7 +226,7 @@ def test_complete_many_in_one_call(admin: Any, make_user: Any, service: Any) -> 
         "complete_generations",
         worker_id="w",
         generation_ids=[c["id"] for c in claimed],
-        image_paths=[f"{c['id']}.png" for c in claimed],
+        image_paths=[f"{c['user_id']}/{c['id']}.png" for c in claimed],
     )
     assert len(accepted) == 6
     assert {batch_row(admin, b)["status"] for b in batches} == {"completed"}

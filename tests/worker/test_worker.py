@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit.generators.base import (
-    GeneratedImage,
-    GenerationRequest,
-    PermanentGenerationError,
-    RetryableGenerationError,
-    get_generator,
-)
+from portraitkit.errors import PermanentGenerationError, RetryableGenerationError
+from portraitkit.generators.base import GeneratedImage, GenerationRequest, get_generator
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import BatchStatus, GenerationStatus
 
@@ -260,3 +255,32 @@ async def test_new_work_wakes_an_idle_worker_at_once(
             await asyncio.sleep(0.05)
         worker.stop()
         await asyncio.wait_for(run, 10)
+
+
+async def test_a_source_outside_the_owners_folder_is_never_read(
+    make_client: Callable[..., Any], worker_factory: Callable[..., Any], admin: Any
+) -> None:
+    """Defence in depth: a row written some other way (a first-release batch, a manual
+    fix) that names another user's photo must not get it stylised for this user."""
+    attacker, victim = make_client(), make_client()
+    victims_selfie = await victim.upload_source(sample_portrait_png())
+    batch_id = await attacker.create_batch(["poster"], sample_portrait_png())
+    admin.execute(
+        "update public.generation_batches set original_image_url = %s where id = %s",
+        (victims_selfie, batch_id),
+    )
+    seen: list[bytes] = []
+
+    class Records:
+        async def generate(self, request: GenerationRequest) -> GeneratedImage:
+            seen.append(request.source)
+            return await get_generator("noop").generate(request)
+
+    async with worker_factory(lambda _n: Records()) as worker:
+        stats = await asyncio.wait_for(worker.run(once=True), timeout=30)
+    assert seen == []
+    assert (stats.completed, stats.failed, stats.retried) == (0, 1, 0)
+    batch = await attacker.get_batch(batch_id)
+    assert batch.status is BatchStatus.FAILED
+    assert batch.items[0].attempts == 1
+    assert "not in its owner's folder" in (batch.items[0].last_error or "")
