@@ -30,10 +30,6 @@ from portraitkit.transports.postgres import PostgresTransport, make_pool
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-
-
-
-
 class UserAccount(BaseModel):
     """A user as `portraitkit users list` shows it."""
 

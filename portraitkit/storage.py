@@ -35,10 +35,6 @@ CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
-
-
-
-
 @dataclass(frozen=True)
 class ImageInfo:
     format: str

@@ -35,7 +35,9 @@ def test_every_code_the_contract_raises_has_its_exception_and_status() -> None:
     for code, status in sorted(raised):
         kind = errors.ERRORS_BY_CODE.get(code)
         assert kind is not None, f"{code} has no exception class in portraitkit/errors.py"
-        assert kind.http_status == status, f"{code}: SQL answers {status}, Python {kind.http_status}"
+        assert kind.http_status == status, (
+            f"{code}: SQL answers {status}, Python {kind.http_status}"
+        )
 
 
 def test_every_exception_has_its_own_code_and_a_status() -> None:
@@ -63,7 +65,11 @@ def test_every_contract_code_is_documented() -> None:
 def test_a_payload_with_a_contract_code_becomes_its_exception() -> None:
     error = errors.error_from_payload("source_not_found", "No such photo.", '{"field": "x"}')
     assert type(error) is errors.SourceNotFound
-    assert (error.code, error.http_status, error.details) == ("source_not_found", 404, {"field": "x"})
+    assert (error.code, error.http_status, error.details) == (
+        "source_not_found",
+        404,
+        {"field": "x"},
+    )
 
 
 def test_a_data_exception_before_the_function_ran_is_invalid_input() -> None:
