@@ -9,7 +9,8 @@ The whole hierarchy lives here (as in httpx's ``_exceptions.py``)::
 
     PortraitkitError
     ├── ConfigurationError
-    ├── DatabaseUnavailable ── TransportTimeout, EmbeddedError ── ServerAccountError
+    ├── DatabaseUnavailable ── DatabaseBusy, TransportTimeout,
+    │                          EmbeddedError ── ServerAccountError
     ├── MigrationError ── MigrationHistoryError
     ├── NotAuthenticated, NotAllowed
     ├── InvalidInput ── EmptyStyleList, TooManyStyles, DuplicateStyle, UnknownStyle,
@@ -80,6 +81,14 @@ class DatabaseUnavailable(PortraitkitError):
     """The database could not be reached or refused the connection."""
 
     code = "database_unavailable"
+    http_status = 503
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """The server rolled the call back for a reason that passes (a deadlock, a serialization
+    failure, a lock or statement timeout, a shutdown): the same call may be made again."""
+
+    code = "database_busy"
     http_status = 503
 
 
@@ -267,6 +276,22 @@ class UserExists(Conflict):
     code = "user_exists"
 
 
+# SQLSTATEs after which the same call may simply be made again: the server rolled the
+# transaction back, or it never started (PostgreSQL docs, Appendix A).
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout)
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+    }
+)
+
+
 def _all_subclasses(cls: type[PortraitkitError]) -> list[type[PortraitkitError]]:
     found: list[type[PortraitkitError]] = []
     for sub in cls.__subclasses__():
@@ -275,9 +300,8 @@ def _all_subclasses(cls: type[PortraitkitError]) -> list[type[PortraitkitError]]
     return found
 
 
-ERRORS_BY_CODE: dict[str, type[PortraitkitError]] = {
-    cls.code: cls for cls in [PortraitkitError, *_all_subclasses(PortraitkitError)]
-}
+_EVERY_ERROR: list[type[PortraitkitError]] = [PortraitkitError, *_all_subclasses(PortraitkitError)]
+ERRORS_BY_CODE: dict[str, type[PortraitkitError]] = {cls.code: cls for cls in _EVERY_ERROR}
 
 
 def _as_details(raw: Any) -> dict[str, Any]:
@@ -312,7 +336,9 @@ def error_from_payload(
     if kind is None:
         if code == "42501":
             kind = NotAuthenticated if http_status == 401 else NotAllowed
-        elif code.startswith("08") or code == "57P01":
+        elif code in TRANSIENT_SQLSTATES:
+            return DatabaseBusy(text, details={"sqlstate": code, **_as_details(details)}, hint=hint)
+        elif code.startswith("08"):
             kind = DatabaseUnavailable
         elif code in ("PGRST301", "PGRST302", "PGRST303"):
             kind = NotAuthenticated
