@@ -83,7 +83,6 @@ def portraitkit_settings(**extra: Any) -> dict[str, Any]:
     return {
         "options": {
             "concurrency": PORTRAITKIT_CONCURRENCY,
-            "max_running_per_user": None,
             "generator": "noop",
         },
         **extra,

@@ -156,3 +156,10 @@ class ClaimedGeneration(_Model):
     attempts: int
     max_attempts: int
     lease_expires_at: datetime
+
+
+class RecoveredLeases(_Model):
+    """What one ``recover_expired_leases`` call put back."""
+
+    requeued: int
+    failed: int

@@ -1,7 +1,7 @@
 """Where images live: Supabase Storage or a local directory, behind one small interface.
 
 Object paths are the same in both: ``<user_id>/sources/<sha256>.<ext>`` for uploaded
-photos and ``<user_id>/<batch_id>/<generation_id>.<ext>`` for results, inside one private
+photos and ``<user_id>/<batch_id>/<generation_id>-<attempt>.<ext>`` for results, inside one private
 bucket. Storage RLS on Supabase keys on that first path segment being the user's id.
 """
 
@@ -112,8 +112,12 @@ def source_object_path(user_id: Any, data: bytes, info: ImageInfo) -> str:
     return f"{user_id}/sources/{hashlib.sha256(data).hexdigest()[:32]}.{info.extension}"
 
 
-def result_object_path(user_id: Any, batch_id: Any, generation_id: Any, extension: str) -> str:
-    return f"{user_id}/{batch_id}/{generation_id}.{extension}"
+def result_object_path(
+    user_id: Any, batch_id: Any, generation_id: Any, extension: str, *, attempt: int = 1
+) -> str:
+    """Where one attempt's result goes: each attempt has its own object, so a worker that
+    lost its lease and drops its result never removes the image of the one that won."""
+    return f"{user_id}/{batch_id}/{generation_id}-{attempt}.{extension}"
 
 
 class Storage(Protocol):

@@ -1,9 +1,17 @@
 """The worker: claim pending generations, render them, store the images, record outcomes.
 
-Business rules (leases, attempts, backoff, refunds, batch status) live in the SQL
-contract; this loop only drives it: claim in small batches with a lease, run items with
-bounded concurrency, renew leases by heartbeat, and report results in batches. Any number
-of workers may share one database: the lease decides whose result counts.
+Business rules (leases, attempts, backoff, refunds, batch status, fairness) live in the SQL
+contract; this loop only drives it through :class:`~portraitkit.queue.WorkQueue`: claim
+with a lease, run items with bounded concurrency, renew leases by heartbeat, record
+results in batches. Any number of workers may share one database: the lease decides
+whose result counts.
+
+Nothing is stranded: every queue call is retried through transient errors; a result
+waiting on a failed flush stays queued until it is recorded or the worker stops; an item
+whose lease was lost is abandoned at once. The side tasks (completer, heartbeat,
+recovery) are watched as procrastinate's worker watches its own: if one dies of an error
+that is not transient, the worker stops loudly, gives its items back and
+:meth:`Worker.run` raises :class:`WorkerFailed`, instead of running half alive.
 """
 
 from __future__ import annotations
@@ -17,18 +25,21 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
-from portraitkit.errors import DatabaseUnavailable, PermanentGenerationError, PortraitkitError
+from portraitkit.errors import PermanentGenerationError, PortraitkitError
 from portraitkit.feeds import Feed, PollingFeed
 from portraitkit.generators.base import GenerationRequest, Generator
-from portraitkit.models import ClaimedGeneration
+from portraitkit.models import ClaimedGeneration, GenerationStatus
+from portraitkit.queue import WorkQueue
 from portraitkit.storage import Storage, owned_path_problem, result_object_path
 from portraitkit.transports.base import Transport
 
 log = logging.getLogger("portraitkit.worker")
+T = TypeVar("T")
 
 # On shutdown, how long giving items back and recording the last results may wait for the
 # database before they are given up (leases expire, and the items are redone elsewhere).
@@ -45,7 +56,6 @@ class WorkerOptions:
     lease_seconds: int = 120
     heartbeat_seconds: float = 30.0
     poll_seconds: float = 5.0
-    max_running_per_user: int | None = 4
     shutdown_grace_seconds: float = 30.0
     recover_every_seconds: float = 30.0
     flush_seconds: float = 0.02
@@ -61,6 +71,14 @@ class WorkerStats:
     failed: int = 0
     discarded: int = 0
     released: int = 0
+
+
+class WorkerFailed(PortraitkitError):
+    """A side task of the worker died of an error that retrying cannot fix; the worker
+    stopped and gave its items back. ``__cause__`` is that error."""
+
+    code = "worker_failed"
+    http_status = 500
 
 
 class _SourceCache:
@@ -85,123 +103,101 @@ class _SourceCache:
 
 
 class _Completer:
-    """Collects finished items and records them in one call per flush (the SQL side
-    handles a whole list in one statement), so a busy worker commits once per many items.
-    A flush waits ``flush_seconds`` for more to arrive unless ``flush_items`` already have."""
+    """Collects finished items and records them in one call per flush (the SQL side takes a
+    whole list in one statement), so a busy worker commits once per many items. A flush
+    waits ``flush_seconds`` for more to arrive unless ``flush_items`` already have.
 
-    def __init__(
-        self, queue: Transport, worker_id: str, flush_seconds: float, flush_items: int
-    ) -> None:
+    A flush that fails transiently is retried (by the queue) with everything that arrived
+    meanwhile left waiting; one refused outright hands the error to each of its items."""
+
+    def __init__(self, queue: WorkQueue, flush_seconds: float, flush_items: int) -> None:
         self._queue = queue
-        self._worker_id = worker_id
         self._flush_seconds = flush_seconds
         self._flush_items = flush_items
-        self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[UUID, str, asyncio.Future[bool]]] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="completer")
-
-    async def complete(self, generation_id: str, path: str) -> bool:
+    async def complete(self, generation_id: UUID, path: str) -> bool:
         """True when the result was accepted (the item was still ours to finish)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((generation_id, path, future))
         self._wakeup.set()
         return await future
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             await self._wakeup.wait()
             if len(self._pending) < self._flush_items:
                 await asyncio.sleep(self._flush_seconds)  # let a few more arrive
             self._wakeup.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    await self._flush(batch)
-                except asyncio.CancelledError:
-                    self._pending[:0] = batch  # aclose() records them, or gives them up
-                    raise
-
-    async def _flush(self, batch: list[tuple[str, str, asyncio.Future[bool]]]) -> None:
-        delay = 0.2
-        while True:
             try:
-                accepted = await self._queue.rpc(
-                    "complete_generations",
-                    {
-                        "worker_id": self._worker_id,
-                        "generation_ids": [b[0] for b in batch],
-                        "image_paths": [b[1] for b in batch],
-                    },
-                )
-                break
-            except DatabaseUnavailable as exc:
-                # Keep the results: the lease may still hold when the database is back.
-                log.warning(
-                    "complete failed, retrying",
-                    extra={"event": "db_unavailable", "error": str(exc), "retry_in": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        done = {str(a) for a in accepted or []}
+                await self._flush(batch)
+            except asyncio.CancelledError:
+                self._pending[:0] = [b for b in batch if not b[2].done()]
+                raise
+
+    async def _flush(self, batch: list[tuple[UUID, str, asyncio.Future[bool]]]) -> None:
+        if not batch:
+            return
+        try:
+            accepted = await self._queue.complete([(b[0], b[1]) for b in batch])
+        except PortraitkitError as exc:  # not transient (the queue retried those)
+            for _gid, _path, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         for gid, _path, future in batch:
             if not future.done():
-                future.set_result(gid in done)
+                future.set_result(gid in accepted)
 
     async def aclose(self, give_up_after: float) -> None:
         """Record what is left, trying for at most ``give_up_after`` seconds: a worker whose
         database is gone must still stop, and results it could not record only cost a redo
         (their leases expire and the items are claimed again)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         batch, self._pending = self._pending, []
-        if batch:
-            try:
-                async with asyncio.timeout(give_up_after):
-                    await self._flush(batch)
-            except TimeoutError:
-                log.warning(
-                    "results not recorded",
-                    extra={"event": "results_dropped", "items": len(batch)},
-                )
+        try:
+            async with asyncio.timeout(give_up_after):
+                await self._flush(batch)
+        except TimeoutError:
+            log.warning(
+                "results not recorded", extra={"event": "results_dropped", "items": len(batch)}
+            )
+        for _gid, _path, future in batch:
+            if not future.done():
+                future.cancel()
 
 
 class Worker:
     """One worker process's loop. ``run()`` returns when stopped (or, with ``once``, when
-    the queue is empty)."""
+    the queue is empty), and raises :class:`WorkerFailed` when a side task died."""
 
     def __init__(
         self,
-        queue: Transport,
+        transport: Transport,
         storage: Storage,
         generators: Callable[[str], Generator],
         *,
         feed: Feed | None = None,
         options: WorkerOptions | None = None,
     ) -> None:
-        self.queue = queue
-        self.storage = storage
         self.options = options or WorkerOptions()
+        self.queue = WorkQueue(transport, self.options.worker_id, self.options.lease_seconds)
+        self.storage = storage
         self.feed = feed or PollingFeed()
         self.stats = WorkerStats()
         self._generators = generators
         self._generator_cache: dict[str, Generator] = {}
         self._sources = _SourceCache(storage)
         self._claim_threshold = max(1, self.options.concurrency // 4)
-        self._completer = _Completer(
-            queue, self.options.worker_id, self.options.flush_seconds, self._claim_threshold
-        )
+        self._completer = _Completer(self.queue, self.options.flush_seconds, self._claim_threshold)
         # Every claimed item's task, until it ends (heartbeats and shutdown cover them all);
         # of those, the ones still rendering or storing hold a slot. An item waiting for its
         # result to be recorded gives its slot back, so the next claim runs while the
         # completion is in flight and the database and this process work side by side.
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[UUID, asyncio.Task[None]] = {}
         self._rendering: set[asyncio.Task[None]] = set()
-        self._lost: set[str] = set()
+        self._lost: set[UUID] = set()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
 
@@ -211,65 +207,63 @@ class Worker:
 
     async def run(self, *, once: bool = False) -> WorkerStats:
         opts = self.options
-        self._completer.start()
-        background = [
+        side_tasks = {
+            asyncio.create_task(self._completer.run(), name="completer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._recover_loop(), name="recover"),
-        ]
+        }
+        main = asyncio.create_task(self._claim_loop(once), name="claim")
         log.info(
             "worker started",
             extra={"event": "start", "worker": opts.worker_id, "concurrency": opts.concurrency},
         )
+        failure: BaseException | None = None
         try:
-            await self._claim_loop(once)
+            done, _ = await asyncio.wait({main, *side_tasks}, return_when=asyncio.FIRST_COMPLETED)
+            if main in done:
+                main.result()  # the claim loop's own error, if it had one
+            else:
+                failure = self._side_task_failure(done)
+                self.stop()
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await main
         finally:
-            await self._shutdown()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await self._completer.aclose(give_up_after=LAST_FLUSH_SECONDS)
-            for generator in self._generator_cache.values():
-                close = getattr(generator, "aclose", None)
-                if close is not None:
-                    await close()
+            main.cancel()
+            # After a failure nothing is waited for: the side task that died may be the
+            # one the running items need (the completer).
+            await self._shutdown(side_tasks, grace=0 if failure else opts.shutdown_grace_seconds)
+        if failure is not None:
+            raise WorkerFailed(f"The worker stopped: {failure}") from failure
         log.info(
             "worker stopped", extra={"event": "stop", "worker": opts.worker_id, **vars(self.stats)}
         )
         return self.stats
 
+    def _side_task_failure(self, done: set[asyncio.Task[Any]]) -> BaseException:
+        task = next(iter(done))
+        error = task.exception() if not task.cancelled() else None
+        failure = error or RuntimeError(f"the {task.get_name()} task ended unexpectedly")
+        log.error(
+            "side task failed, stopping",
+            extra={"event": "side_task_failed", "task": task.get_name(), "error": str(failure)},
+        )
+        return failure
+
     async def _claim_loop(self, once: bool) -> None:
-        opts = self.options
-        backoff = 0.2
         empty_looks = 0
         while not self._stopping.is_set():
             free = self._free_slots()
-            claimed: list[Any] = []
+            claimed: list[ClaimedGeneration] = []
             if free > 0:
-                try:
-                    claimed = await self.queue.rpc(
-                        "claim_generations",
-                        {
-                            "worker_id": opts.worker_id,
-                            "max_items": free,
-                            "lease_seconds": opts.lease_seconds,
-                            "max_running_per_user": opts.max_running_per_user,
-                        },
-                    )
-                    backoff = 0.2
-                except DatabaseUnavailable as exc:
-                    log.warning(
-                        "claim failed",
-                        extra={"event": "db_unavailable", "error": str(exc), "retry_in": backoff},
-                    )
-                    await asyncio.sleep(backoff * (0.5 + random.random() / 2))
-                    backoff = min(backoff * 2, 10.0)
-                    continue
-                for row in claimed:
-                    item = ClaimedGeneration.model_validate(row)
-                    key = str(item.id)
+                got = await self._unless_stopped(self.queue.claim(free))
+                if got is None:
+                    return
+                claimed = got
+                for item in claimed:
                     self.stats.claimed += 1
-                    task = asyncio.create_task(self._process(item), name=key)
-                    self._running[key] = task
+                    task = asyncio.create_task(self._process(item), name=str(item.id))
+                    self._running[item.id] = task
                     self._rendering.add(task)
             if once and not claimed and not self._running:
                 # An empty claim can be a pending row another transaction holds for a moment
@@ -310,7 +304,7 @@ class Worker:
         timeout = self.options.poll_seconds * (0.8 + random.random() * 0.4)
         await self._until(self._slot_freed.wait(), self.feed.wait(timeout))
 
-    async def _until(self, *waits: Any) -> None:
+    async def _until(self, *waits: Awaitable[Any]) -> None:
         """Whichever comes first of ``waits`` and a stop request."""
         tasks = {asyncio.ensure_future(w) for w in (*waits, self._stopping.wait())}
         try:
@@ -319,15 +313,27 @@ class Worker:
             for task in tasks:
                 task.cancel()
 
+    async def _unless_stopped(self, call: Awaitable[T]) -> T | None:
+        """``call``'s result, or None when a stop request comes first (a claim retrying
+        through an outage must not hold up a shutdown)."""
+        task = asyncio.ensure_future(call)
+        await self._until(task)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
     def _generator(self, name: str) -> Generator:
         if name not in self._generator_cache:
             self._generator_cache[name] = self._generators(name)
         return self._generator_cache[name]
 
     async def _process(self, item: ClaimedGeneration) -> None:
-        key = str(item.id)
         started = time.perf_counter()
         outcome = "completed"
+        path: str | None = None
         try:
             if problem := owned_path_problem(item.source_image_path, item.user_id):
                 # Defence in depth: the contract refuses such a source, but a row written
@@ -346,29 +352,36 @@ class Worker:
                     model=item.model,
                 )
             )
-            if key in self._lost:
-                outcome = "discarded"
-                return
-            path = result_object_path(item.user_id, item.batch_id, item.id, image.extension)
+            # Each attempt has its own path: a result discarded here never removes the
+            # image another worker stored for the same item.
+            path = result_object_path(
+                item.user_id, item.batch_id, item.id, image.extension, attempt=item.attempts
+            )
             await self.storage.put(path, image.data, image.content_type)
             self._give_back_slot()
-            if await self._completer.complete(key, path):
+            if await self._completer.complete(item.id, path):
                 self.stats.completed += 1
             else:  # cancelled, deleted or re-leased meanwhile: the result must not stay
                 outcome = "discarded"
                 self.stats.discarded += 1
                 await self.storage.remove([path])
         except asyncio.CancelledError:
-            outcome = "released"
+            outcome = "lost" if item.id in self._lost else "released"
+            if outcome == "lost":
+                self.stats.discarded += 1
+                if path is not None:
+                    with contextlib.suppress(Exception):
+                        await self.storage.remove([path])
+                return  # abandoned on purpose: nothing to hand back
             raise
         except Exception as exc:
             outcome = await self._fail(item, exc)
         finally:
             # The item may already be claimed again (a retry, woken by the feed before this
             # task ended): only forget the entry if it is still this task's.
-            if self._running.get(key) is asyncio.current_task():
-                del self._running[key]
-                self._lost.discard(key)
+            if self._running.get(item.id) is asyncio.current_task():
+                del self._running[item.id]
+                self._lost.discard(item.id)
             self._give_back_slot()
             if log.isEnabledFor(logging.INFO):
                 log.info(
@@ -376,89 +389,71 @@ class Worker:
                     outcome,
                     extra={
                         "event": "item",
-                        "item": key,
+                        "item": str(item.id),
                         "batch": str(item.batch_id),
                         "style": item.style_key,
                         "attempt": item.attempts,
-                        "duration_ms": round((time.perf_counter() - started) * 1000),
                         "outcome": outcome,
+                        "ms": round((time.perf_counter() - started) * 1000),
                     },
                 )
 
     async def _fail(self, item: ClaimedGeneration, exc: Exception) -> str:
         retryable = not isinstance(exc, PermanentGenerationError)
         message = str(exc) if isinstance(exc, PortraitkitError) else f"{type(exc).__name__}: {exc}"
-        delay = 0.2
-        while True:
-            try:
-                status = await self.queue.rpc(
-                    "fail_generation",
-                    {
-                        "worker_id": self.options.worker_id,
-                        "generation_id": str(item.id),
-                        "error": message[:2000],
-                        "retryable": retryable,
-                    },
-                )
-                break
-            except DatabaseUnavailable:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        if status == "pending":
+        status = await self.queue.fail(item.id, message, retryable=retryable)
+        if status is GenerationStatus.PENDING:
             self.stats.retried += 1
             return "retry"
-        if status == "failed":
+        if status is GenerationStatus.FAILED:
             self.stats.failed += 1
             return "failed"
         self.stats.discarded += 1
         return "discarded"
 
     async def _heartbeat_loop(self) -> None:
+        """Renew the leases of every item this worker holds; abandon the ones it lost."""
         while True:
             await asyncio.sleep(self.options.heartbeat_seconds)
-            ids = list(self._running)
-            if not ids:
-                continue
-            try:
-                held = await self.queue.rpc(
-                    "heartbeat_generations",
-                    {
-                        "worker_id": self.options.worker_id,
-                        "generation_ids": ids,
-                        "lease_seconds": self.options.lease_seconds,
-                    },
-                )
-            except DatabaseUnavailable:
-                continue
-            self._lost.update(set(ids) - {str(h) for h in held or []})
+            holding = dict(self._running)
+            held = await self.queue.heartbeat(holding.keys())
+            for lost in holding.keys() - held:
+                task = holding[lost]
+                # Only an item still rendering is abandoned: one whose result is being
+                # recorded may have just completed (and so left 'processing'), and one
+                # claimed again since the snapshot is a new task with a new lease.
+                if task in self._rendering and self._running.get(lost) is task:
+                    log.warning("lease lost", extra={"event": "lease_lost", "item": str(lost)})
+                    self._lost.add(lost)
+                    task.cancel()
 
     async def _recover_loop(self) -> None:
         """Any worker may put back items whose worker died; the SQL makes it safe to race."""
         while True:
-            try:
-                moved = await self.queue.rpc("recover_expired_leases")
-                if moved and (moved.get("requeued") or moved.get("failed")):
-                    log.info("recovered expired leases", extra={"event": "recovered", **moved})
-            except DatabaseUnavailable:
-                pass
+            moved = await self.queue.recover()
+            if moved.requeued or moved.failed:
+                log.info("recovered expired leases", extra={"event": "recovered", **vars(moved)})
             await asyncio.sleep(self.options.recover_every_seconds * (0.8 + random.random() * 0.4))
 
-    async def _shutdown(self) -> None:
-        """Let in-flight items finish within the grace period, then give the rest back."""
+    async def _shutdown(self, side_tasks: set[asyncio.Task[Any]], grace: float) -> None:
+        """Let in-flight items finish within the grace period (the completer and the
+        heartbeat keep running for them), give the rest back, record the last results."""
         if self._running:
-            _done, late = await asyncio.wait(
-                set(self._running.values()), timeout=self.options.shutdown_grace_seconds
-            )
+            _done, late = await asyncio.wait(set(self._running.values()), timeout=grace)
             if late:
-                ids = [t.get_name() for t in late]
+                ids = {UUID(t.get_name()) for t in late}
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
                 # With the database gone their leases expire instead: never wait long here.
-                with contextlib.suppress(DatabaseUnavailable, TimeoutError):
+                with contextlib.suppress(Exception):
                     async with asyncio.timeout(LAST_FLUSH_SECONDS):
-                        released = await self.queue.rpc(
-                            "release_generations",
-                            {"worker_id": self.options.worker_id, "generation_ids": ids},
-                        )
-                    self.stats.released += int(released or 0)
+                        self.stats.released += await self.queue.release(ids)
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
+        await self._completer.aclose(give_up_after=LAST_FLUSH_SECONDS)
+        for generator in self._generator_cache.values():
+            close = getattr(generator, "aclose", None)
+            if close is not None:
+                await close()

@@ -221,7 +221,7 @@ async def test_worker_through_the_pooler_is_woken_through_the_session_url(
         jwt_secret=SECRET,
         generator="noop",
     )
-    options = WorkerOptions(max_running_per_user=None, poll_seconds=60)
+    options = WorkerOptions(poll_seconds=60)
     async with open_worker(settings, options) as worker:
         running = asyncio.create_task(worker.run())
         assert isinstance(worker.feed, NotifyFeed)

@@ -462,7 +462,6 @@ async def test_worker_ends_every_item_in_flight_at_the_upgrade(
         heartbeat_seconds=0.5,
         poll_seconds=0.2,
         recover_every_seconds=0.2,
-        max_running_per_user=None,
         worker_id="new-release-worker",
     )
     async with open_worker(settings, options, lambda _name: NoopGenerator()) as worker:

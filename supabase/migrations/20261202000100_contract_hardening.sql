@@ -297,7 +297,8 @@ begin
     (user_id, batch_id, style_key, position, custom_prompt, credit_cost, max_attempts)
   select uid, new_batch, s.key, k.ord, prompt, s.credit_cost, attempts
     from unnest(style_keys) with ordinality k(key, ord)
-    join public.styles s on s.key = k.key;
+    join public.styles s on s.key = k.key
+   order by k.ord;  -- queue order within the batch follows the user's order
 
   return new_batch;
 end

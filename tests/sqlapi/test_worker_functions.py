@@ -200,21 +200,58 @@ def test_release_returns_items_without_spending_an_attempt(
     assert again["id"] == item["id"] and again["attempts"] == 1
 
 
-def test_per_user_cap_keeps_one_batch_from_starving_others(make_user: Any, service: Any) -> None:
-    big, small = make_user(credits=100), make_user(credits=100)
-    _batch(big, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir", "vintage_photo"])
-    _batch(small, ["poster"])
-    claimed = service.rpc("claim_generations", worker_id="w", max_items=4, max_running_per_user=2)
-    owners = [str(c["user_id"]) for c in claimed]
-    assert owners.count(str(big.user_id)) == 2
-    assert owners.count(str(small.user_id)) == 1
-    # the cap counts items already running
-    assert all(
-        str(c["user_id"]) != str(big.user_id)
-        for c in service.rpc(
-            "claim_generations", worker_id="w", max_items=4, max_running_per_user=2
-        )
+def _backlog(admin: Any, user: Any, batches: int, styles: list[str]) -> None:
+    """``batches`` older batches of ``user``, made quickly (as the contract would)."""
+    for _ in range(batches):
+        _batch(user, styles)
+    admin.execute(
+        "update public.generations set queued_at = queued_at - interval '1 hour'"
+        " where user_id = %s",
+        (user.user_id,),
     )
+
+
+def test_a_backlog_does_not_hold_up_another_users_new_batch(
+    admin: Any, make_user: Any, service: Any
+) -> None:
+    """The first release only looked at the oldest max_items*4 items: a user with a large
+    older backlog at the per-user cap made every claim come back empty."""
+    big, small = make_user(credits=10_000), make_user(credits=10)
+    _backlog(admin, big, 100, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir"])
+    small_batch = _batch(small, ["poster"])
+    claimed = service.rpc("claim_generations", worker_id="w", max_items=4)
+    assert len(claimed) == 4
+    assert str(small_batch) in {str(c["batch_id"]) for c in claimed}
+
+
+def test_users_take_turns_one_item_each(admin: Any, make_user: Any, service: Any) -> None:
+    users = [make_user(credits=100) for _ in range(3)]
+    _backlog(admin, users[0], 4, ["pencil_sketch", "charcoal", "poster", "noir"])
+    for u in users[1:]:
+        _batch(u, ["pencil_sketch", "charcoal", "poster"])
+    claimed = service.rpc("claim_generations", worker_id="w", max_items=9)
+    owners = [str(c["user_id"]) for c in claimed]
+    assert sorted(owners.count(str(u.user_id)) for u in users) == [3, 3, 3]
+
+
+def test_a_user_alone_gets_every_free_slot(make_user: Any, service: Any) -> None:
+    user = make_user(credits=100)
+    _batch(user, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir", "vintage_photo"])
+    first = service.rpc("claim_generations", worker_id="w", max_items=4, max_running_per_user=2)
+    assert len(first) == 4  # the first release's cap is ignored: it idled free slots
+    assert len(service.rpc("claim_generations", worker_id="w", max_items=4)) == 2
+
+
+def test_a_user_coming_back_joins_the_current_round(
+    admin: Any, make_user: Any, service: Any
+) -> None:
+    """A new batch starts at the queue's present round, not behind everyone's backlog."""
+    big, late = make_user(credits=10_000), make_user(credits=10)
+    _backlog(admin, big, 20, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir"])
+    service.rpc("claim_generations", worker_id="w", max_items=30)  # the queue moves on
+    late_batch = _batch(late, ["poster", "noir"])
+    claimed = service.rpc("claim_generations", worker_id="w", max_items=4)
+    assert [str(c["batch_id"]) for c in claimed].count(str(late_batch)) == 2
 
 
 def test_complete_many_in_one_call(admin: Any, make_user: Any, service: Any) -> None:

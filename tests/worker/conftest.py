@@ -89,7 +89,6 @@ def worker_factory(settings: Settings) -> Callable[..., Any]:
             "recover_every_seconds": 0.2,
             "heartbeat_seconds": 0.5,
             "lease_seconds": 10,
-            "max_running_per_user": None,
             "worker_id": f"w-{uuid.uuid4().hex[:6]}",
         }
         defaults.update(options)

@@ -59,7 +59,6 @@ def main() -> None:
         heartbeat_seconds=max(args.lease / 3, 0.5),
         poll_seconds=args.poll,
         recover_every_seconds=args.recover_every,
-        max_running_per_user=None,
         shutdown_grace_seconds=5,
         worker_id=args.worker_id,
     )

@@ -59,7 +59,7 @@ async def test_every_style_becomes_a_real_image(
     for item in batch.items:
         assert item.status is GenerationStatus.COMPLETED and item.attempts == 1
         assert item.started_at and item.finished_at and item.duration_ms is not None
-        assert item.generated_image_url == f"{client.user_id}/{batch_id}/{item.id}.png"
+        assert item.generated_image_url == f"{client.user_id}/{batch_id}/{item.id}-1.png"
         data = await client.storage.get(item.generated_image_url)
         with Image.open(io.BytesIO(data)) as image:
             assert image.format == "PNG" and max(image.size) <= 1024 and min(image.size) >= 64
