@@ -97,7 +97,7 @@ async def _portraitkit(url: str, settings: dict[str, Any], ready: Any, go: Any) 
     """
     from portraitkit.auth import issue_service_token
     from portraitkit.feeds import Feed, NotifyFeed, PollingFeed
-    from portraitkit.generators.base import get_generator
+    from portraitkit.generators import get_generator
     from portraitkit.transports.postgres import PostgresTransport, make_pool
     from portraitkit.worker import Worker, WorkerOptions
 

@@ -17,7 +17,7 @@ from portraitkit.auth import issue_service_token
 from portraitkit.database.connection import listen_url
 from portraitkit.errors import ConfigurationError
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
-from portraitkit.generators.base import Generator, get_generator
+from portraitkit.generators import Generator, configured_generators
 from portraitkit.session import database_url
 from portraitkit.settings import Settings
 from portraitkit.storage import LocalStorage
@@ -25,25 +25,6 @@ from portraitkit.transports.postgres import PostgresTransport, make_pool
 from portraitkit.worker import Worker, WorkerOptions, WorkerStats
 
 log = logging.getLogger("portraitkit.worker")
-
-
-def default_generators(settings: Settings) -> Callable[[str], Generator]:
-    """Build a generator by the name a style gives, with its settings."""
-
-    def build(name: str) -> Generator:
-        if name == "http":
-            if settings.image_api_token is None:
-                raise ConfigurationError(
-                    "The http generator needs PORTRAITKIT_IMAGE_API_TOKEN (or REPLICATE_API_TOKEN)."
-                )
-            return get_generator(
-                "http",
-                api_token=settings.image_api_token.get_secret_value(),
-                base_url=settings.image_api_url,
-            )
-        return get_generator(name)
-
-    return build
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +37,7 @@ async def open_worker(
     options = options or WorkerOptions()
     if settings.generator and options.generator is None:
         options = WorkerOptions(**{**vars(options), "generator": settings.generator})
-    generators = generators or default_generators(settings)
+    generators = generators or configured_generators(settings)
     feed: Feed
     if settings.mode == "supabase":
         from portraitkit.transports.supabase import SupabaseTransport

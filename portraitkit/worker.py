@@ -207,6 +207,10 @@ class Worker:
 
     async def run(self, *, once: bool = False) -> WorkerStats:
         opts = self.options
+        if opts.generator is not None:
+            # A setting it lacks (an API token) must stop the worker now, with a clear
+            # error, not fail every item it claims three times over.
+            self._generator(opts.generator)
         side_tasks = {
             asyncio.create_task(self._completer.run(), name="completer"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),

@@ -1,23 +1,17 @@
-"""The Generator protocol every renderer implements, its request and result, its two errors,
-and the factory that picks a generator by the name stored in ``styles.generator``.
+"""The Generator protocol every renderer implements, its request and its result.
 
 A generator turns one source photo into one stylised image. It knows nothing of batches,
 credits or storage: the worker reads the job, calls :meth:`Generator.generate`, stores the
 bytes and reports the outcome. Its only say in the outcome is *which* error it raises:
-:class:`RetryableGenerationError` (the worker retries with backoff) or
-:class:`PermanentGenerationError` (the generation fails for good).
+:class:`~portraitkit.errors.RetryableGenerationError` (the worker retries with backoff)
+or :class:`~portraitkit.errors.PermanentGenerationError` (the generation fails for good).
+The registry that builds a generator by name is in :mod:`portraitkit.generators`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-from portraitkit.errors import (
-    ConfigurationError,
-)
-
-GENERATOR_NAMES = ("local", "http", "noop")
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -57,32 +51,6 @@ class Generator(Protocol):
     """Renders one source photo in one style."""
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
-
-
-def get_generator(name: str, **settings: Any) -> Generator:
-    """The generator called ``name`` (the ``styles.generator`` column), built with ``settings``.
-
-    ``local`` stylises on this machine, ``http`` calls a hosted model in Replicate's API
-    shape (``api_token=`` required), ``noop`` returns a tiny fixed PNG at once (benchmarks).
-    Implementations are imported here, lazily, so a worker that only uses ``http`` never
-    loads OpenCV.
-    """
-    if name == "local":
-        from portraitkit.generators.local import LocalGenerator
-
-        return LocalGenerator(**settings)
-    if name == "http":
-        from portraitkit.generators.http import HttpGenerator
-
-        return HttpGenerator(**settings)
-    if name == "noop":
-        from portraitkit.generators.noop import NoopGenerator
-
-        return NoopGenerator(**settings)
-    raise ConfigurationError(
-        f"Unknown generator {name!r}; choose one of {', '.join(GENERATOR_NAMES)}.",
-        details={"generator": name, "choices": list(GENERATOR_NAMES)},
-    )
 
 
 def sniff_image_type(data: bytes) -> tuple[str, str] | None:

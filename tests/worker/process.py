@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from portraitkit.generators.base import GeneratedImage, GenerationRequest, Generator, get_generator
+from portraitkit.generators import GeneratedImage, GenerationRequest, Generator, get_generator
 from portraitkit.service import run_worker
 from portraitkit.settings import Settings
 from portraitkit.worker import WorkerOptions

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from portraitkit.errors import PermanentGenerationError, RetryableGenerationError
-from portraitkit.generators.base import GeneratedImage, GenerationRequest, get_generator
+from portraitkit.generators import GeneratedImage, GenerationRequest, get_generator
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import BatchStatus, GenerationStatus
 
