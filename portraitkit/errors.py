@@ -19,7 +19,9 @@ The whole hierarchy lives here (as in httpx's ``_exceptions.py``)::
     ├── NotFound ── BatchNotFound, ProfileNotFound, SourceNotFound, ObjectNotFound,
     │               UserNotFound
     ├── Conflict ── BatchFinished, NothingToRetry, IdempotencyConflict, UserExists
-    └── GenerationError ── RetryableGenerationError, PermanentGenerationError
+    ├── StorageError
+    ├── GenerationError ── RetryableGenerationError, PermanentGenerationError
+    └── WorkerFailed
 """
 
 from __future__ import annotations
@@ -222,6 +224,13 @@ class ObjectNotFound(NotFound):
     code = "object_not_found"
 
 
+class StorageError(PortraitkitError):
+    """Storage refused a request for a reason none of the other errors names."""
+
+    code = "storage_error"
+    http_status = 502
+
+
 class UserNotFound(NotFound):
     """No local user with that email or id (embedded and direct-Postgres modes)."""
 
@@ -292,6 +301,14 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 
 
+class WorkerFailed(PortraitkitError):
+    """A side task of the worker died of an error that retrying cannot fix; the worker
+    stopped and gave its items back. ``__cause__`` is that error."""
+
+    code = "worker_failed"
+    http_status = 500
+
+
 def _all_subclasses(cls: type[PortraitkitError]) -> list[type[PortraitkitError]]:
     found: list[type[PortraitkitError]] = []
     for sub in cls.__subclasses__():
@@ -330,9 +347,12 @@ def error_from_payload(
     auth errors map to :class:`NotAllowed`/:class:`NotAuthenticated`; anything else keeps
     its code on a plain :class:`PortraitkitError`.
     """
-    code = code or "error"
+    if not code:
+        # A gateway's own refusal carries no code (Supabase's "Invalid API key"): its
+        # status is all there is to go by.
+        code = {401: "not_authenticated", 403: "not_allowed"}.get(http_status or 0, "error")
     text = message or code
-    kind = ERRORS_BY_CODE.get(code)
+    kind = ERRORS_BY_CODE.get(code) if code != PortraitkitError.code else None
     if kind is None:
         if code == "42501":
             kind = NotAuthenticated if http_status == 401 else NotAllowed

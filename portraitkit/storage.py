@@ -25,6 +25,7 @@ from portraitkit.errors import (
     NotAllowed,
     ObjectNotFound,
     PortraitkitError,
+    StorageError,
 )
 
 DEFAULT_BUCKET = "portraits"
@@ -177,9 +178,11 @@ def _storage_error(exc: Exception, path: str) -> PortraitkitError:
         return ObjectNotFound(f"No stored object at {path!r}.", details=details)
     if status in ("401", "403"):
         return NotAllowed(f"Storage refused access to {path!r}: {message}", details=details)
+    if status in ("413", "415"):  # the bucket's size or type limit (Supabase Storage)
+        return InvalidImage(f"Storage refused {path!r}: {message}", details=details)
     if status.startswith("5") or not status:
         return DatabaseUnavailable(f"Storage is unavailable: {message}", details=details)
-    return PortraitkitError(message, details=details, code="storage_error", http_status=int(status))
+    return StorageError(message, details=details, http_status=int(status))
 
 
 class SupabaseStorage:

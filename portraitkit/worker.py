@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from portraitkit.errors import PermanentGenerationError, PortraitkitError
+from portraitkit.errors import PermanentGenerationError, PortraitkitError, WorkerFailed
 from portraitkit.feeds import Feed, PollingFeed
 from portraitkit.generators.base import GenerationRequest, Generator
 from portraitkit.models import ClaimedGeneration, GenerationStatus
@@ -71,14 +71,6 @@ class WorkerStats:
     failed: int = 0
     discarded: int = 0
     released: int = 0
-
-
-class WorkerFailed(PortraitkitError):
-    """A side task of the worker died of an error that retrying cannot fix; the worker
-    stopped and gave its items back. ``__cause__`` is that error."""
-
-    code = "worker_failed"
-    http_status = 500
 
 
 class _SourceCache:

@@ -2,14 +2,27 @@
 
 A Phoenix-channel WebSocket server on localhost (the wire protocol of
 `/realtime/v1/websocket?apikey=...&vsn=1.0.0`: `phx_join` with the channel's
-`config.postgres_changes` bindings, answered by a `phx_reply` that gives each binding an
-id; heartbeats on topic `phoenix`; change messages carrying `{data, ids}`), in front of the
-real test database. Changes reach it the way the WAL reaches Realtime, only simpler: a
-test-only row trigger NOTIFYs each change as JSON, and the server forwards it to every
-channel binding whose event, schema, table and `column=eq.value` filter match. RLS is not
-re-checked per subscriber: these tests ask whether a subscriber is rung, not what it may
-see. supabase-py's realtime client talks to it unchanged: give it this server's `url`
-as SUPABASE_URL and mount the HTTP gateway (respx) on the same URL.
+`config.postgres_changes` bindings and `access_token`, answered by a `phx_reply` that
+gives each binding an id; heartbeats on topic `phoenix`; change messages carrying
+`{data, ids}`), in front of the real test database. It refuses what Realtime refuses
+(supabase/realtime: user_socket.ex, realtime_channel.ex, postgres_cdc_rls):
+
+- the socket's `apikey` must be a project key (the API gateway's check), whose JWT must
+  verify with the project secret and carry `role` and `exp`: else HTTP 401 at the
+  handshake, `{"error": ...}`;
+- each join's `access_token` (an `sb_...` key means the socket's token) must verify
+  likewise: else `phx_reply` with status `error` and Realtime's reason, and no bindings;
+  an `access_token` message later replaces the claims, or closes the channel if invalid;
+- a binding on a table outside the `supabase_realtime` publication gets Realtime's
+  system error instead of a subscription;
+- a change reaches a subscriber only if that subscriber may select the row: one read per
+  subscriber, as its role with its claims (`select 1 from <table> where id = $1`), as
+  Realtime checks RLS.
+
+Changes reach it the way the WAL reaches Realtime, only simpler: a test-only row trigger
+NOTIFYs each change as JSON after commit, and the server handles them in order. supabase-py's
+realtime client talks to it unchanged: give it this server's `url` as SUPABASE_URL and mount
+the HTTP gateway (respx) on the same URL.
 """
 
 from __future__ import annotations
@@ -17,11 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import psycopg
+from psycopg import sql
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tests.gateway import ProjectKeys
+from tests.postgrest import ANON_ROLE, authenticator_conninfo
 
 CHANNEL = "test_realtime"
 
@@ -44,30 +68,73 @@ create or replace trigger test_realtime_batches
   for each row execute function test_realtime.notify_change();
 """
 
+PUBLISHED = (
+    "select 1 from pg_publication_tables where pubname = 'supabase_realtime'"
+    " and schemaname = %s and (%s::text is null or tablename = %s)"
+)
+
+
+class TokenRefused(Exception):
+    """Realtime's reason for refusing a token, e.g. "JwtSignatureError: ..."."""
+
+
+def verify_token(secret: str, token: str) -> dict[str, Any]:
+    """Realtime's ChannelsAuthorization.authorize_conn: a verified JWT with role and exp."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256", "HS384", "HS512"], options={"verify_aud": False}
+        )
+    except jwt.ExpiredSignatureError as exc:
+        expired = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
+        raise TokenRefused(
+            f"InvalidJWTToken: Token has expired {int(time.time()) - int(expired)} seconds ago"
+        ) from exc
+    except jwt.InvalidSignatureError as exc:
+        raise TokenRefused("JwtSignatureError: Failed to validate JWT signature") from exc
+    except jwt.PyJWTError as exc:
+        raise TokenRefused("MalformedJWT: The token provided is not a valid JWT") from exc
+    if "role" not in claims or "exp" not in claims:
+        raise TokenRefused("InvalidJWTToken: Fields `role` and `exp` are required in JWT")
+    return claims
+
+
+@dataclass
+class Subscription:
+    """One joined channel: its bindings and the claims of its latest access token."""
+
+    bindings: list[dict[str, Any]]
+    claims: dict[str, Any]
+
 
 def _matches(binding: dict[str, Any], change: dict[str, Any]) -> bool:
     if binding.get("event") not in ("*", change["type"]):
         return False
     if binding.get("schema", "public") != change["schema"]:
         return False
-    if binding.get("table") not in (None, change["table"]):
+    if binding.get("table") not in (None, "*", change["table"]):
         return False
     if filter_ := binding.get("filter"):
-        column, _, value = filter_.partition("=eq.")
+        column, _, value = str(filter_).partition("=eq.")
         return str((change["record"] or {}).get(column)) == value
     return True
 
 
 class RealtimeServer:
-    """Realtime for one database. `drop_connections()` cuts every socket, as a restart of
-    the service would; `joins` counts the channel joins it answered."""
+    """Realtime for one database and project. `drop_connections()` cuts every socket, as a
+    restart of the service would; `joins` counts the channel joins it accepted, `refused`
+    the joins and handshakes it refused."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, keys: ProjectKeys) -> None:
         self.conninfo = conninfo
+        self.keys = keys
         self.joins = 0
+        self.refused = 0
         self._server: Server | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._subscriptions: dict[ServerConnection, dict[str, list[dict[str, Any]]]] = {}
+        self._reader: psycopg.AsyncConnection[Any] | None = None
+        self._catalog: psycopg.AsyncConnection[Any] | None = None
+        self._subscriptions: dict[ServerConnection, dict[str, Subscription]] = {}
+        self._socket_tokens: dict[ServerConnection, str] = {}
         self._next_id = 1
         self._port = 0
 
@@ -80,10 +147,14 @@ class RealtimeServer:
     async def start(self) -> RealtimeServer:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(INSTALL.encode())
+        # Realtime reads as the subscriber's role: log in as authenticator, switch per read.
+        reader_conninfo = await asyncio.to_thread(authenticator_conninfo, self.conninfo)
+        self._reader = await psycopg.AsyncConnection.connect(reader_conninfo, autocommit=True)
+        self._catalog = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         listen = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
         await listen.execute(f"listen {CHANNEL}".encode())
         self._listener = asyncio.create_task(self._forward(listen))
-        self._server = await serve(self._session, "127.0.0.1", 0)
+        self._server = await self._serve(0)
         return self
 
     async def aclose(self) -> None:
@@ -94,6 +165,9 @@ class RealtimeServer:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        for conn in (self._reader, self._catalog):
+            if conn is not None:
+                await conn.close()
 
     async def stop(self) -> None:
         """Realtime down: every socket cut and nothing listening on the port."""
@@ -104,24 +178,206 @@ class RealtimeServer:
 
     async def restart(self) -> None:
         """Realtime back, on the same port."""
-        self._server = await serve(self._session, "127.0.0.1", self._port)
+        self._server = await self._serve(self._port)
 
     async def drop_connections(self) -> None:
         for socket in list(self._subscriptions):
             await socket.close(code=1012, reason="service restart")
 
+    async def _serve(self, port: int) -> Server:
+        return await serve(self._session, "127.0.0.1", port, process_request=self._handshake)
+
+    # -- the socket -----------------------------------------------------------------------
+
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The gateway's key check, then Realtime's verification of the socket's token."""
+        apikey = next(iter(parse_qs(urlsplit(request.path).query).get("apikey", [])), None)
+        if not apikey:
+            return self._refuse(connection, "API key is missing")
+        token = self.keys.role_token(apikey)
+        if token is None:
+            return self._refuse(connection, "Invalid API key")
+        try:
+            verify_token(self.keys.jwt_secret, token)
+        except TokenRefused as refused:
+            return self._refuse(connection, str(refused).partition(": ")[2])
+        self._socket_tokens[connection] = token
+        return None
+
+    def _refuse(self, connection: ServerConnection, message: str) -> Response:
+        self.refused += 1
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, json.dumps({"error": message}))
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    async def _session(self, socket: ServerConnection) -> None:
+        topics: dict[str, Subscription] = {}
+        self._subscriptions[socket] = topics
+        try:
+            async for raw in socket:  # ends quietly when the client goes away
+                message = json.loads(raw)
+                event, topic, ref = message["event"], message["topic"], message.get("ref")
+                payload = message.get("payload") or {}
+                if event == "phx_join":
+                    await self._join(socket, topics, topic, ref, payload)
+                elif event == "access_token":
+                    await self._renew(socket, topics, topic, payload)
+                elif event == "phx_leave":
+                    topics.pop(topic, None)
+                    await self._reply(socket, topic, ref, "ok", {})
+                elif event == "heartbeat":
+                    await self._reply(socket, topic, ref, "ok", {})
+        except ConnectionClosed:
+            pass
+        finally:
+            self._subscriptions.pop(socket, None)
+            self._socket_tokens.pop(socket, None)
+
+    async def _join(
+        self,
+        socket: ServerConnection,
+        topics: dict[str, Subscription],
+        topic: str,
+        ref: str | None,
+        payload: dict[str, Any],
+    ) -> None:
+        socket_token = self._socket_tokens[socket]
+        try:
+            claims = verify_token(self.keys.jwt_secret, self._join_token(payload, socket_token))
+        except TokenRefused as refused:
+            self.refused += 1
+            await self._reply(socket, topic, ref, "error", {"reason": str(refused)})
+            return
+        requested = (payload.get("config") or {}).get("postgres_changes") or []
+        bindings = [{**b, "id": self._take_id()} for b in requested]
+        unpublished = [b for b in bindings if not await self._published(b)]
+        # Subscribed before the reply: a change committed after the join is never missed.
+        topics[topic] = Subscription(
+            bindings=[b for b in bindings if b not in unpublished], claims=claims
+        )
+        self.joins += 1
+        await self._reply(socket, topic, ref, "ok", {"postgres_changes": bindings})
+        if not bindings:
+            return
+        channel = topic.removeprefix("realtime:")
+        if unpublished:
+            params = ", ".join(
+                f"[event: {b.get('event')}, schema: {b.get('schema', 'public')},"
+                f" table: {b.get('table')}, filters: []]"
+                for b in unpublished
+            )
+            message = (
+                "Unable to subscribe to changes with given parameters. Please check Realtime"
+                f" is enabled for the given connect parameters: {params}"
+            )
+            await self._system(socket, topic, channel, "error", message)
+        else:
+            await self._system(socket, topic, channel, "ok", "Subscribed to PostgreSQL")
+
+    @staticmethod
+    def _join_token(payload: dict[str, Any], socket_token: str) -> str:
+        token = payload.get("access_token") or payload.get("user_token") or socket_token
+        return socket_token if str(token).startswith("sb_") else str(token)
+
+    async def _renew(
+        self,
+        socket: ServerConnection,
+        topics: dict[str, Subscription],
+        topic: str,
+        payload: dict[str, Any],
+    ) -> None:
+        """A new access token for a joined channel; an invalid one closes the channel."""
+        subscription = topics.get(topic)
+        token = payload.get("access_token")
+        if subscription is None or not token or str(token).startswith("sb_"):
+            return
+        try:
+            subscription.claims = verify_token(self.keys.jwt_secret, str(token))
+        except TokenRefused as refused:
+            topics.pop(topic, None)
+            channel = topic.removeprefix("realtime:")
+            await self._system(socket, topic, channel, "error", str(refused))
+            await socket.send(
+                json.dumps({"event": "phx_close", "topic": topic, "payload": {}, "ref": None})
+            )
+
+    async def _published(self, binding: dict[str, Any]) -> bool:
+        table = binding.get("table")
+        table = None if table in (None, "*") else table
+        assert self._catalog is not None
+        cursor = await self._catalog.execute(
+            PUBLISHED, (binding.get("schema", "public"), table, table)
+        )
+        return await cursor.fetchone() is not None
+
+    @staticmethod
+    async def _reply(
+        socket: ServerConnection, topic: str, ref: str | None, status: str, response: Any
+    ) -> None:
+        if ref is None:
+            return
+        await socket.send(
+            json.dumps(
+                {
+                    "event": "phx_reply",
+                    "topic": topic,
+                    "payload": {"status": status, "response": response},
+                    "ref": ref,
+                }
+            )
+        )
+
+    @staticmethod
+    async def _system(
+        socket: ServerConnection, topic: str, channel: str, status: str, message: str
+    ) -> None:
+        payload = {
+            "channel": channel,
+            "extension": "postgres_changes",
+            "message": message,
+            "status": status,
+        }
+        await socket.send(
+            json.dumps({"event": "system", "topic": topic, "payload": payload, "ref": None})
+        )
+
+    def _take_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -- changes --------------------------------------------------------------------------
+
     async def _forward(self, listen: psycopg.AsyncConnection[Any]) -> None:
+        """Each change in commit order, to each matching subscriber that may see it."""
         try:
             async for notify in listen.notifies():
                 change = json.loads(notify.payload)
                 for socket, topics in list(self._subscriptions.items()):
-                    for topic, bindings in topics.items():
-                        ids = [b["id"] for b in bindings if _matches(b, change)]
-                        if ids:
+                    for topic, subscription in list(topics.items()):
+                        ids = [b["id"] for b in subscription.bindings if _matches(b, change)]
+                        if ids and await self._visible(subscription.claims, change):
                             with contextlib.suppress(Exception):
                                 await socket.send(json.dumps(self._change(topic, change, ids)))
         finally:
             await listen.close()
+
+    async def _visible(self, claims: dict[str, Any], change: dict[str, Any]) -> bool:
+        """Whether the subscriber's role, with its claims, may select the changed row."""
+        assert self._reader is not None
+        query = sql.SQL("select 1 from {}.{} where id = %s").format(
+            sql.Identifier(change["schema"]), sql.Identifier(change["table"])
+        )
+        try:
+            async with self._reader.transaction(force_rollback=True):
+                await self._reader.execute(
+                    "select set_config('role', %s, true),"
+                    " set_config('request.jwt.claims', %s, true)",
+                    (str(claims.get("role") or ANON_ROLE), json.dumps(claims)),
+                )
+                cursor = await self._reader.execute(query, ((change["record"] or {}).get("id"),))
+                return await cursor.fetchone() is not None
+        except psycopg.Error:
+            return False  # a role it cannot switch to, or no privilege on the table
 
     @staticmethod
     def _change(topic: str, change: dict[str, Any], ids: list[int]) -> dict[str, Any]:
@@ -140,41 +396,3 @@ class RealtimeServer:
             "payload": {"data": data, "ids": ids},
             "ref": None,
         }
-
-    async def _session(self, socket: ServerConnection) -> None:
-        topics: dict[str, list[dict[str, Any]]] = {}
-        self._subscriptions[socket] = topics
-        try:
-            async for raw in socket:
-                message = json.loads(raw)
-                event, topic, ref = message["event"], message["topic"], message.get("ref")
-                response: dict[str, Any] = {}
-                if event == "phx_join":
-                    bindings = [
-                        {**b, "id": self._take_id()}
-                        for b in message["payload"]["config"].get("postgres_changes", [])
-                    ]
-                    topics[topic] = bindings
-                    self.joins += 1
-                    response = {"postgres_changes": bindings}
-                elif event == "phx_leave":
-                    topics.pop(topic, None)
-                elif event not in ("heartbeat", "access_token"):
-                    continue
-                if ref is not None:
-                    await socket.send(
-                        json.dumps(
-                            {
-                                "event": "phx_reply",
-                                "topic": topic,
-                                "payload": {"status": "ok", "response": response},
-                                "ref": ref,
-                            }
-                        )
-                    )
-        finally:
-            self._subscriptions.pop(socket, None)
-
-    def _take_id(self) -> int:
-        self._next_id += 1
-        return self._next_id

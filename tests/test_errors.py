@@ -76,3 +76,11 @@ def test_a_data_exception_before_the_function_ran_is_invalid_input() -> None:
     error = errors.error_from_payload("22003", "value out of range", None, None, 400)
     assert type(error) is errors.InvalidInput
     assert error.details == {"sqlstate": "22003"}
+
+
+def test_a_refusal_without_a_code_is_typed_by_its_status() -> None:
+    """Supabase's gateway answers a bad API key with 401 and no code."""
+    error = errors.error_from_payload(None, "Invalid API key", None, None, 401)
+    assert type(error) is errors.NotAuthenticated and error.http_status == 401
+    other = errors.error_from_payload(None, "Bad gateway", None, None, 502)
+    assert (type(other), other.code, other.http_status) == (errors.PortraitkitError, "error", 502)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from portraitkit.service import open_worker
 from portraitkit.settings import Settings
 from portraitkit.transports.supabase import SupabaseTransport
 from portraitkit.worker import WorkerOptions
-from tests.gateway import Gateway
+from tests.gateway import Gateway, ProjectKeys, create_supabase_database, drop_database
 from tests.realtime import RealtimeServer
 from tests.waiting import until
 
@@ -35,19 +35,27 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="module")
+def db_url(database_url: str) -> Iterator[str]:
+    """A database of this module's own, shaped like a Supabase project (Storage's schema)."""
+    url = create_supabase_database(database_url, f"t_realtime_{uuid.uuid4().hex[:6]}")
+    yield url
+    drop_database(database_url, url)
+
+
 @pytest.fixture
 async def realtime(db_url: str) -> AsyncIterator[RealtimeServer]:
-    server = await RealtimeServer(db_url).start()
+    server = await RealtimeServer(db_url, ProjectKeys.create(SECRET)).start()
     yield server
     await server.aclose()
 
 
 @pytest.fixture
-def gateway(db_url: str, realtime: RealtimeServer, tmp_path: Path) -> AsyncIterator[Gateway]:
+def gateway(db_url: str, realtime: RealtimeServer, tmp_path: Path) -> Iterator[Gateway]:
     """PostgREST, Auth and Storage on the Realtime server's URL (HTTP only: respx leaves
-    the WebSocket to the real server)."""
+    the WebSocket to the real server), with the same project keys."""
     with respx.mock(assert_all_called=False) as router:
-        gateway = Gateway(db_url, SECRET, storage_root=tmp_path / "bucket")
+        gateway = Gateway(db_url, SECRET, storage_root=tmp_path / "bucket", keys=realtime.keys)
         yield gateway.mount(router, realtime.url)
         gateway.close()
 
@@ -60,14 +68,25 @@ async def service(gateway: Gateway, realtime: RealtimeServer) -> AsyncIterator[S
     await transport.aclose()
 
 
-@pytest.fixture
-async def user(gateway: Gateway, realtime: RealtimeServer) -> AsyncIterator[PortraitClient]:
-    """A signed-in user with credits to spare."""
+async def sign_up(gateway: Gateway, realtime: RealtimeServer) -> PortraitClient:
+    """A new user, signed in, with credits to spare."""
     account = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=50)
     transport = await SupabaseTransport.sign_in(
         realtime.url, gateway.anon_key, account.email, PASSWORD
     )
-    client = PortraitClient(transport, transport.storage())
+    return PortraitClient(transport, transport.storage())
+
+
+@pytest.fixture
+async def user(gateway: Gateway, realtime: RealtimeServer) -> AsyncIterator[PortraitClient]:
+    client = await sign_up(gateway, realtime)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def other_user(gateway: Gateway, realtime: RealtimeServer) -> AsyncIterator[PortraitClient]:
+    client = await sign_up(gateway, realtime)
     yield client
     await client.aclose()
 
@@ -111,6 +130,23 @@ async def test_batch_feed_rings_for_its_own_batch_only(user: PortraitClient) -> 
         await feed.aclose()
 
 
+async def test_a_users_feed_is_not_rung_by_another_users_batch(
+    user: PortraitClient, other_user: PortraitClient
+) -> None:
+    """Realtime checks each change against the subscriber's RLS: another user's new items
+    are not this user's to see, so they do not ring this user's feed."""
+    transport = user.transport
+    assert isinstance(transport, SupabaseTransport)
+    feed = await RealtimeFeed(transport.client, table="generations", event="INSERT").start()
+    try:
+        await new_batch(other_user, "poster", "noir")
+        assert await feed.wait(0.5) is False
+        await new_batch(user, "poster")
+        assert await feed.wait(5) is True
+    finally:
+        await feed.aclose()
+
+
 async def test_feed_rings_again_after_realtime_drops_the_connection(
     generations_feed: RealtimeFeed, realtime: RealtimeServer, user: PortraitClient
 ) -> None:
@@ -147,7 +183,7 @@ async def test_worker_on_supabase_is_woken_by_realtime(
         state_dir=tmp_path,
         generator="noop",
     )
-    options = WorkerOptions(max_running_per_user=None, poll_seconds=60)
+    options = WorkerOptions(poll_seconds=60)
     async with open_worker(settings, options) as worker:
         assert isinstance(worker.feed, RealtimeFeed)
         running = asyncio.create_task(worker.run())

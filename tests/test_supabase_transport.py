@@ -18,18 +18,14 @@ import jwt
 import psycopg
 import pytest
 import respx
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from portraitkit import errors
 from portraitkit.auth import LocalUser
 from portraitkit.client import PortraitClient
-from portraitkit.database.migrations import Migrator
-from portraitkit.errors import TransportTimeout
-from portraitkit.storage import ObjectNotFound
+from portraitkit.errors import ObjectNotFound, TransportTimeout
 from portraitkit.transports.base import RetryPolicy
 from portraitkit.transports.supabase import SupabaseTransport
-from tests.gateway import Gateway
+from tests.gateway import Gateway, create_supabase_database, drop_database
 
 pytestmark = pytest.mark.anyio
 
@@ -58,20 +54,16 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def db_url(database_url: str) -> Iterator[str]:
-    """A migrated database of this module's own, with one retired style."""
-    name = f"t_supabase_transport_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    url = make_conninfo(database_url, dbname=name)
-    Migrator(url).migrate()
+    """A database of this module's own, shaped like a Supabase project (Storage's schema,
+    so the bucket policies run), with one retired style."""
+    url = create_supabase_database(database_url, f"t_supabase_transport_{uuid.uuid4().hex[:6]}")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "insert into public.styles (key, name, category, credit_cost, prompt_template,"
             " is_active) values ('retired_style', 'Retired', 'Old', 1, '{prompt}', false)"
         )
     yield url
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    drop_database(database_url, url)
 
 
 @pytest.fixture
@@ -86,11 +78,19 @@ def user(gateway: Gateway) -> LocalUser:
     return gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=10)
 
 
-@pytest.fixture
-async def transport(gateway: Gateway, user: LocalUser) -> AsyncIterator[SupabaseTransport]:
+async def sign_in_with_a_photo(gateway: Gateway, user: LocalUser) -> SupabaseTransport:
+    """The user, signed in, with their source photo in Storage (a batch needs one)."""
     signed_in = await SupabaseTransport.sign_in(
         BASE_URL, gateway.anon_key, user.email, PASSWORD, retry=FAST
     )
+    await signed_in.storage().put(f"{user.id}/{SOURCE}", b"a photo", "image/jpeg")
+    return signed_in
+
+
+@pytest.fixture
+async def transport(gateway: Gateway, user: LocalUser) -> AsyncIterator[SupabaseTransport]:
+    signed_in = await sign_in_with_a_photo(gateway, user)
+    gateway.requests.clear()
     yield signed_in
     await signed_in.aclose()
 
@@ -357,7 +357,7 @@ async def test_a_blank_source_path_is_invalid_input(transport: SupabaseTransport
         await transport.rpc(
             "create_generation_batch", {"style_keys": ["charcoal"], "source_image_path": " "}
         )
-    assert caught.value.details == {"field": "source_image_path"}
+    assert caught.value.details == {"field": "source_image_path", "reason": "blank"}
 
 
 async def test_a_reused_idempotency_key_is_a_conflict(transport: SupabaseTransport) -> None:
@@ -370,9 +370,7 @@ async def test_another_users_batch_is_not_found(
     gateway: Gateway, transport: SupabaseTransport
 ) -> None:
     other = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD)
-    other_transport = await SupabaseTransport.sign_in(
-        BASE_URL, gateway.anon_key, other.email, PASSWORD
-    )
+    other_transport = await sign_in_with_a_photo(gateway, other)
     theirs = await create(other_transport, "charcoal")
     await other_transport.aclose()
     with pytest.raises(errors.BatchNotFound) as caught:

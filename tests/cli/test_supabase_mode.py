@@ -12,13 +12,22 @@ import pytest
 import respx
 
 from portraitkit import watch
-from tests.gateway import Gateway
+from tests.gateway import Gateway, create_supabase_database, drop_database
 
 from .conftest import Cli, finish_batch
 
 SECRET = "portraitkit-cli-supabase-test-secret-32-bytes-or-more"
 BASE_URL = "https://portraitkit-cli-test.supabase.co"
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def db_url(database_url: str) -> Iterator[str]:
+    """A database of this module's own, shaped like a Supabase project (Storage's schema,
+    so the bucket policies decide what the CLI may upload)."""
+    url = create_supabase_database(database_url, f"t_cli_supabase_{uuid.uuid4().hex[:6]}")
+    yield url
+    drop_database(database_url, url)
 
 
 @pytest.fixture
