@@ -458,6 +458,7 @@ as $$
 declare
   uid uuid := private.require_user();
   b public.generation_batches := private.own_batch(target, uid);
+  locked uuid[];
   cancelled integer;
   refunded integer;
 begin
@@ -466,12 +467,14 @@ begin
       format('This batch already ended (%s); nothing to cancel.', b.status),
       jsonb_build_object('batch_id', b.id, 'status', b.status));
   end if;
-  perform private.lock_generations(array(
-    select g.id from public.generations g where g.batch_id = b.id and g.status = 'pending'));
+  -- Listed and locked in one statement, and only those changed: an item that becomes
+  -- pending meanwhile would otherwise be locked later, out of id order.
+  locked := array(select g.id from public.generations g
+                   where g.batch_id = b.id and g.status = 'pending' order by g.id for update);
   with done as (
     update public.generations g
        set status = 'cancelled', finished_at = now(), updated_at = now()
-     where g.batch_id = b.id and g.status = 'pending'
+     where g.id = any (locked) and g.status = 'pending'
     returning g.credit_cost
   )
   select count(*), coalesce(sum(done.credit_cost), 0) into cancelled, refunded from done;
@@ -490,6 +493,7 @@ as $$
 declare
   uid uuid := private.require_user();
   b public.generation_batches := private.own_batch(target, uid);
+  locked uuid[];
   cost integer;
   items integer;
   balance integer;
@@ -497,14 +501,14 @@ begin
   -- A batch of the first release may name a source that is not the caller's: it is not
   -- run again (the worker refuses such a source too, and the items ended refunded).
   perform private.require_own_object(b.original_image_url, uid, 'source_image_path');
-  perform private.lock_generations(array(
-    select g.id from public.generations g where g.batch_id = b.id and g.status = 'failed'));
+  locked := array(select g.id from public.generations g
+                   where g.batch_id = b.id and g.status = 'failed' order by g.id for update);
   with requeued as (
     update public.generations g
        set status = 'pending', attempts = 0, last_error = null, generated_image_url = null,
            queued_at = now(), run_after = now(), started_at = null, finished_at = null,
            lease_owner = null, lease_expires_at = null, updated_at = now()
-     where g.batch_id = b.id and g.status = 'failed'
+     where g.id = any (locked) and g.status = 'failed'
     returning g.credit_cost
   )
   select count(*), coalesce(sum(requeued.credit_cost), 0) into items, cost from requeued;
