@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -283,3 +284,28 @@ def test_repository_schema_is_fully_applied(database_url: str) -> None:
     assert [m.version for m in status.migrations] == [
         m.version for m in local_migrations(schema_dirs().migrations)
     ]
+
+
+RELEASED = Path(__file__).parent / "data" / "release_1"
+# A statement that locks a table other parts of a Supabase project use: a trigger on
+# auth.users (every sign-up waits on it), a policy or index on storage.objects.
+SHARED_TABLE_DDL = r"\b(on|alter\s+table|lock\s+table)\s+(only\s+)?(auth\.users|storage\.objects)\b"
+
+
+def test_released_migrations_are_never_edited() -> None:
+    """`supabase db push` compares versions only: an edited file never reaches a project."""
+    current = schema_dirs().migrations
+    for released in sorted(RELEASED.glob("*.sql")):
+        assert (current / released.name).read_text() == released.read_text(), released.name
+
+
+def test_later_migrations_set_a_lock_timeout_before_locking_shared_tables() -> None:
+    released = {p.name for p in RELEASED.glob("*.sql")}
+    for path in sorted(schema_dirs().migrations.glob("*.sql")):
+        if path.name in released:
+            continue
+        text = path.read_text()
+        first = re.search(SHARED_TABLE_DDL, text, re.IGNORECASE)
+        if first is not None:
+            timeout = re.search(r"set\s+(local\s+)?lock_timeout", text[: first.start()], re.I)
+            assert timeout is not None, f"{path.name} locks a shared table with no lock_timeout"
