@@ -121,7 +121,8 @@ class DeleteResult(_Model):
     batch_id: UUID
     deleted: bool
     refunded: int
-    original_image_url: str
+    # None when the row named a path outside the caller's folder (see docs/contract.md).
+    original_image_url: str | None = None
     image_paths: list[str]
 
 
