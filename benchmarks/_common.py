@@ -214,6 +214,10 @@ def load_batches(
     written in the same SQL, consistent with the items by construction. Batches of all
     users are interleaved in time, one a minute back from now, kinds per `mix` (a queue
     to work through: ``{"pending": 100}``).
+
+    Waiting and running items get their fair tags as the fair-queue migration gave the
+    items already queued: round-robin per user, oldest first (each user's queued batches
+    in order, `size` tags apiece; exactly 1, 2, 3, ... when every item is pending).
     """
     users = list(batches_per_user)
     counts = [batches_per_user[u] for u in users]
@@ -223,13 +227,19 @@ def load_batches(
         conn.execute(
             f"""
             create temp table seed_batches on commit drop as
-            select id, user_id, n, now() - n * interval '1 minute' as created_at,
-                   {_kind_sql(mix)} as kind
-              from (select gen_random_uuid() as id, o.user_id,
-                           row_number() over (order by md5(o.user_id::text || ':' || k)) as n
-                      from unnest(%(users)s::uuid[], %(counts)s::int[]) as o(user_id, batches)
-                     cross join generate_series(1, o.batches) as k) b
-             cross join lateral (select (n * 37) %% 100 as bucket) x
+            select id, user_id, n, created_at, kind,
+                   -- the batch's place among its user's queued batches, oldest first
+                   row_number() over (partition by user_id, kind in ('pending', 'processing')
+                                      order by n desc) - 1 as queued_before
+              from (select id, user_id, n, now() - n * interval '1 minute' as created_at,
+                           {_kind_sql(mix)} as kind
+                      from (select gen_random_uuid() as id, o.user_id,
+                                   row_number() over (order by md5(o.user_id::text || ':' || k))
+                                     as n
+                              from unnest(%(users)s::uuid[], %(counts)s::int[])
+                                     as o(user_id, batches)
+                             cross join generate_series(1, o.batches) as k) b
+                     cross join lateral (select (n * 37) %% 100 as bucket) x) k
             """,
             {"users": users, "counts": counts},
         )
@@ -285,7 +295,7 @@ def load_batches(
             insert into public.generations
               (user_id, batch_id, style_key, position, status, credit_cost,
                generated_image_url, attempts, max_attempts, queued_at, run_after, started_at,
-               finished_at, lease_owner, lease_expires_at, created_at, updated_at)
+               finished_at, lease_owner, lease_expires_at, created_at, updated_at, fair_tag)
             select s.user_id, s.id, i.key, i.p, i.st, i.cost,
                    case when i.st = 'completed'
                         then s.user_id || '/' || s.id || '/' || i.p || '.png' end,
@@ -298,7 +308,9 @@ def load_batches(
                    case when i.st = 'processing' then 'bench-loader' end,
                    case when i.st = 'processing' then now() + interval '1 day' end,
                    s.created_at,
-                   s.created_at + interval '2 minutes'
+                   s.created_at + interval '2 minutes',
+                   case when i.st in ('pending', 'processing')
+                        then s.queued_before * %(size)s + i.p else 0 end
               from seed_batches s
              cross join lateral ({items}) i
             """,

@@ -87,17 +87,46 @@ class NullStorage:
         return path
 
 
+class FixedTimeGenerator:
+    """Waits a fixed time, then returns the noop PNG: rendering modelled as time spent
+    elsewhere (a hosted model), which holds a worker slot but not the CPU."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def generate(self, request: Any) -> Any:
+        from portraitkit.generators.noop import NoopGenerator
+
+        await asyncio.sleep(self.seconds)
+        return await NoopGenerator().generate(request)
+
+
+FIXED_TIME_GENERATOR = "fixed-time"
+
+
+def _generators(settings: dict[str, Any]) -> Callable[[str], Any]:
+    """The registry, plus FIXED_TIME_GENERATOR taking ``render_seconds`` per item."""
+    from portraitkit.generators import get_generator
+
+    def build(name: str) -> Any:
+        if name == FIXED_TIME_GENERATOR:
+            return FixedTimeGenerator(float(settings.get("render_seconds", 0.02)))
+        return get_generator(name)
+
+    return build
+
+
 async def _portraitkit(url: str, settings: dict[str, Any], ready: Any, go: Any) -> None:
     """A Worker wired as `service.open_worker` wires one for direct Postgres (service-role
     token, a pool of 4, the LISTEN feed), but with a storage that stores nothing.
 
-    settings: ``options`` (WorkerOptions fields), ``poll_only`` (PollingFeed instead of
-    the LISTEN feed), ``worker_class`` (a candidate Worker, "path.py:Name" or
+    settings: ``options`` (WorkerOptions fields; ``"generator": FIXED_TIME_GENERATOR``
+    with ``render_seconds`` for a generator that only waits), ``poll_only`` (PollingFeed
+    instead of the LISTEN feed), ``worker_class`` (a candidate Worker, "path.py:Name" or
     "module:Name"), ``uvloop``, ``profile`` (cProfile into "<profile>.<pid>.pstats").
     """
     from portraitkit.auth import issue_service_token
     from portraitkit.feeds import Feed, NotifyFeed, PollingFeed
-    from portraitkit.generators import get_generator
     from portraitkit.transports.postgres import PostgresTransport, make_pool
     from portraitkit.worker import Worker, WorkerOptions
 
@@ -118,7 +147,9 @@ async def _portraitkit(url: str, settings: dict[str, Any], ready: Any, go: Any) 
         feed = notify
     options = WorkerOptions(**settings.get("options", {}))
     worker_class = load_class(settings["worker_class"]) if settings.get("worker_class") else Worker
-    worker = worker_class(transport, NullStorage(), get_generator, feed=feed, options=options)
+    worker = worker_class(
+        transport, NullStorage(), _generators(settings), feed=feed, options=options
+    )
     _on_sigterm(worker.stop)
     await _until_go(ready, go)
     try:

@@ -30,6 +30,7 @@ Figures are medians over rounds.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 import statistics
@@ -122,6 +123,11 @@ def configs(candidates: list[str] | None = None) -> list[Config]:
     for n, spec in enumerate(candidates, start=1):
         chosen.append(candidate_config(f"candidate-{n}", spec))
     return chosen
+
+
+def installed(system: str) -> bool:
+    """procrastinate and pgqueuer come with the bench extra; a missing one is left out."""
+    return system not in ("procrastinate", "pgqueuer") or bool(importlib.util.find_spec(system))
 
 
 def candidate_config(key: str, spec: str) -> Config:
@@ -344,8 +350,11 @@ def results_of(runs: list[Run], chosen: list[Config]) -> dict[str, Any]:
         pgq = [k for k in entry if k.startswith("pgqueuer-")]
         best = max(pgq, key=lambda k: entry[k]["per_second"]) if pgq else None
         base = entry[best]["per_second"] if best else float("nan")
+        base_cpu = (entry[best]["server_cpu_us_per_item"] if best else None) or float("nan")
         for value in entry.values():
             value["vs_pgqueuer_best"] = ratio(value["per_second"], base)
+            cpu = value["server_cpu_us_per_item"]
+            value["server_cpu_vs_pgqueuer_best"] = None if cpu is None else ratio(cpu, base_cpu)
         out["processes"][p] = {
             "pgqueuer_best": best,
             "target_met": (
@@ -364,9 +373,12 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
         caption=f"Median over {rounds} round(s) (slow lines: first round only); each worker "
         "a process; clock from the go signal to the last completion, in server time. "
         "Baseline: pgqueuer at its best batch_size for that process count (1.00). Server "
-        "CPU: every server process, per item; client: the worker processes; WAL: bytes "
-        "written per item; other load: cores busy with other work on this machine during "
-        "the run (a shared machine). Target: portraitkit ≥ pgqueuer's best. "
+        "CPU: CPU time of every process of the PostgreSQL server (the postmaster and its "
+        "children: backends, WAL writer, checkpointer, autovacuum; the benchmark's own "
+        "backend left out) from /proc/<pid>/schedstat over the run, per item, and its ratio "
+        "to pgqueuer's best (lower is cheaper); client: the worker processes (psutil); WAL: "
+        "bytes written per item; other load: cores busy with other work on this machine "
+        "during the run (a shared machine). Target: portraitkit ≥ pgqueuer's best. "
         f"PostgreSQL {facts['postgres']}, {facts['cpus']} CPUs, "
         f"synchronous_commit={facts['synchronous_commit']}.",
     )
@@ -376,6 +388,7 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
         ("items/s", "right"),
         ("each round", "right"),
         ("server CPU\nper item", "right"),
+        ("server CPU\nvs pgqueuer", "right"),
         ("client CPU\nper item", "right"),
         ("WAL\nper item", "right"),
         ("other\nload", "right"),
@@ -396,6 +409,7 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
                 f"{r['per_second']:,.0f}",
                 " ".join(f"{x:,.0f}" for x in r["per_second_runs"]),
                 _us(r["server_cpu_us_per_item"]),
+                _times(r["server_cpu_vs_pgqueuer_best"]),
                 _us(r["client_cpu_us_per_item"]),
                 f"{r['wal_bytes_per_item']:,.0f} B",
                 "-" if r["other_load_cores"] is None else f"{r['other_load_cores']:.1f}",
@@ -407,6 +421,10 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
 
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} µs"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"  # None or NaN
 
 
 def main() -> None:
@@ -438,6 +456,9 @@ def main() -> None:
     if args.only:
         keys = set(args.only.split(","))
         chosen = [c for c in chosen if c.key in keys or c.key.startswith("candidate-")]
+    if missing := sorted({c.system for c in chosen if not installed(c.system)}):
+        log.print(f"[yellow]not installed, left out: {', '.join(missing)}[/]")
+        chosen = [c for c in chosen if installed(c.system)]
     with bench_server(args.database_url, "throughput") as server_url:
         with open_connection(server_url, autocommit=True) as admin:
             facts = server_facts(admin)

@@ -89,3 +89,26 @@ def grant(
         emit_json({"user": user, "granted": amount, "balance": balance})
     else:
         console().print(f"granted {amount} credits to [bold]{user}[/bold]: balance {balance}")
+
+
+@app.command()
+def token(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The user's email or id.")],
+    ttl: Annotated[
+        int, typer.Option("--ttl", min=60, max=7 * 24 * 3600, help="Seconds the token lasts.")
+    ] = 3600,
+) -> None:
+    """Print an access token for a local user, for curl and scripts (Authorization: Bearer).
+
+    Examples:
+
+      TOKEN=$(portraitkit users token ada@example.com)
+      curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/api/user/stats
+    """
+    options = cli_context(ctx)
+    access = admin.user_token(options.settings(), user, ttl)
+    if options.json:
+        emit_json(access)
+    else:
+        typer.echo(access.access_token)

@@ -18,14 +18,13 @@ import psycopg
 from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict
 
-from portraitkit.auth import LocalUser, create_local_user, find_local_user, issue_service_token
+from portraitkit.auth import LocalUser, create_local_user, find_local_user, issue_user_token
 from portraitkit.client import PortraitClient
 from portraitkit.database.connection import connect
 from portraitkit.errors import ConfigurationError, InvalidInput, UserExists, UserNotFound
+from portraitkit.identity import ANONYMOUS, SERVICE, open_client
 from portraitkit.session import database_url
 from portraitkit.settings import Settings
-from portraitkit.storage import LocalStorage
-from portraitkit.transports.postgres import PostgresTransport, make_pool
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -112,41 +111,33 @@ def get_account(settings: Settings, user_id: UUID) -> UserAccount:
         return _account(conn, user_id)
 
 
-async def open_service_client(settings: Settings) -> PortraitClient:
-    """A client holding the service role (what SUPABASE_SERVICE_ROLE_KEY is on Supabase)."""
-    if settings.mode == "supabase":
-        from portraitkit.transports.supabase import SupabaseTransport
+class AccessToken(BaseModel):
+    """What `portraitkit users token` prints with --json."""
 
-        if settings.supabase_url is None or settings.supabase_service_role_key is None:
-            raise ConfigurationError("This needs SUPABASE_SERVICE_ROLE_KEY on a Supabase project.")
-        transport: Any = await SupabaseTransport.service(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
-        return PortraitClient(transport, transport.storage())
-    token = issue_service_token(settings.jwt_secret_value())
-    return await _direct_client(settings, token)
+    model_config = ConfigDict(frozen=True)
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    user_id: UUID
+    email: str
+
+
+def user_token(settings: Settings, email_or_id: str, ttl: int = 3600) -> AccessToken:
+    """An access token for a local user, signed as the API and the database expect."""
+    user = find_user(settings, email_or_id)
+    token = issue_user_token(settings.jwt_secret_value(), user.id, user.email, ttl=ttl)
+    return AccessToken(access_token=token, expires_in=ttl, user_id=user.id, email=user.email)
+
+
+async def open_service_client(settings: Settings) -> PortraitClient:
+    """A client holding the service role (what SUPABASE_SECRET_KEY is on Supabase)."""
+    return await open_client(settings, SERVICE, pool_size=2)
 
 
 async def open_anonymous_client(settings: Settings) -> PortraitClient:
     """A client with no user: enough for what ``anon`` may read (the styles catalogue)."""
-    if settings.mode == "supabase":
-        from portraitkit.transports.supabase import SupabaseTransport
-
-        if settings.supabase_url is None or settings.supabase_anon_key is None:
-            raise ConfigurationError("This needs SUPABASE_ANON_KEY on a Supabase project.")
-        transport: Any = await SupabaseTransport.connect(
-            settings.supabase_url, settings.supabase_anon_key.get_secret_value()
-        )
-        return PortraitClient(transport, transport.storage())
-    return await _direct_client(settings, None)
-
-
-async def _direct_client(settings: Settings, token: str | None) -> PortraitClient:
-    url = await asyncio.to_thread(database_url, settings)
-    pool = make_pool(url, max_size=2)
-    await pool.open()
-    transport = PostgresTransport(pool, lambda: token, settings.jwt_secret_value(), owns_pool=True)
-    return PortraitClient(transport, LocalStorage(settings.state_dir / "storage"))
+    return await open_client(settings, ANONYMOUS, pool_size=2)
 
 
 async def grant_credits(settings: Settings, user: str, amount: int, note: str | None = None) -> int:

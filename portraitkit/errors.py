@@ -14,7 +14,8 @@ The whole hierarchy lives here (as in httpx's ``_exceptions.py``)::
     ├── MigrationError ── MigrationHistoryError
     ├── NotAuthenticated, NotAllowed
     ├── InvalidInput ── EmptyStyleList, TooManyStyles, DuplicateStyle, UnknownStyle,
-    │                   InactiveStyle, PromptTooLong, InvalidImage
+    │                   InactiveStyle, PromptTooLong, InvalidImage, PayloadTooLarge,
+    │                   UnsupportedMediaType
     ├── InsufficientCredits
     ├── NotFound ── BatchNotFound, ProfileNotFound, SourceNotFound, ObjectNotFound,
     │               UserNotFound
@@ -188,6 +189,20 @@ class InvalidImage(InvalidInput):
     """The source is not an image we can stylise (format, size or pixel count)."""
 
     code = "invalid_image"
+
+
+class PayloadTooLarge(InvalidInput):
+    """An upload over the size limit; ``details`` hold ``max_bytes``."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body of a type the endpoint does not take."""
+
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 class InsufficientCredits(PortraitkitError):

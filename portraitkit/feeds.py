@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import psycopg
+
+from portraitkit.retrying import retrying
 
 log = logging.getLogger("portraitkit.feeds")
 
@@ -61,10 +64,9 @@ class NotifyFeed(_Doorbell):
     """LISTEN on a channel over a dedicated session connection, reconnecting with backoff.
 
     ``payload``, when given, rings only for notifications carrying it (e.g. one batch's id
-    on ``portraitkit_batches``), so a watcher of one batch ignores everyone else's.
+    on ``portraitkit_batches``), so a watcher of one batch ignores everyone else's;
+    ``on_notify`` is handed every notification's payload (a server fanning them out).
     """
-
-    FIRST_RETRY_SECONDS = 0.2  # doubled after each failed try, up to max_backoff
 
     def __init__(
         self,
@@ -73,11 +75,13 @@ class NotifyFeed(_Doorbell):
         *,
         max_backoff: float = 10.0,
         payload: str | None = None,
+        on_notify: Callable[[str], None] | None = None,
     ):
         super().__init__()
         self.conninfo = conninfo
         self.channel = channel
         self.payload = payload
+        self.on_notify = on_notify
         self.max_backoff = max_backoff
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,34 +91,40 @@ class NotifyFeed(_Doorbell):
         return self
 
     async def _listen(self) -> None:
-        delay = self.FIRST_RETRY_SECONDS
+        """One turn per connection: connect (through any outage), then ring until it drops."""
         while True:
+            conn = await self._connect()
             try:
-                async with await psycopg.AsyncConnection.connect(
+                async with conn:
+                    self.connected.set()
+                    self.ring()  # anything may have happened while we were away
+                    async for notify in conn.notifies():
+                        if self.on_notify is not None:
+                            self.on_notify(notify.payload)
+                        if self.payload is None or notify.payload == self.payload:
+                            self.ring()
+            except Exception as exc:  # the database went away: listen again once it is back
+                log.warning("feed lost", extra={"event": "feed_lost", "error": str(exc)})
+            self.connected.clear()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection that LISTENs on the channel; retried until the database answers (a
+        wrong PORTRAITKIT_LISTEN_URL shows as the first retry's warning)."""
+        async for attempt in retrying(
+            f"listen on {self.channel}", max_delay=self.max_backoff, retry_on=_any_error
+        ):
+            with attempt:
+                conn = await psycopg.AsyncConnection.connect(
                     self.conninfo, autocommit=True, application_name="portraitkit-listen"
-                ) as conn:
+                )
+                try:
                     await conn.execute(
                         psycopg.sql.SQL("listen {}").format(psycopg.sql.Identifier(self.channel))
                     )
-                    self.connected.set()
-                    self.ring()  # anything may have happened while we were away
-                    delay = self.FIRST_RETRY_SECONDS
-                    async for notify in conn.notifies():
-                        if self.payload is None or notify.payload == self.payload:
-                            self.ring()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database went away: wait, then listen again
-                self.connected.clear()
-                # A warning once per outage (a wrong PORTRAITKIT_LISTEN_URL shows at once),
-                # the retries only with -v.
-                log.log(
-                    logging.WARNING if delay == self.FIRST_RETRY_SECONDS else logging.INFO,
-                    "feed lost",
-                    extra={"event": "feed_lost", "error": str(exc), "retry_in": delay},
-                )
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, self.max_backoff)
+                except BaseException:
+                    await conn.close()
+                    raise
+        return conn  # the loop ends only once an attempt has succeeded
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -127,8 +137,8 @@ class RealtimeFeed(_Doorbell):
     """Supabase Realtime ``postgres_changes`` on a table, through supabase-py's async client.
 
     supabase-py reconnects and rejoins the channel by itself, but gives up after a few
-    tries (and its issue tracker knows of lost subscriptions), so a watchdog keeps trying,
-    with backoff, once it has: a long Realtime outage then costs polls, never the feed.
+    tries (and its issue tracker knows of lost subscriptions), so a watchdog keeps trying
+    (:func:`~portraitkit.retrying.retrying`, without limit) once it has: a long Realtime outage then costs polls, never the feed.
     Only a doorbell either way: the worker polls as well.
     """
 
@@ -169,23 +179,19 @@ class RealtimeFeed(_Doorbell):
 
     async def _watch(self) -> None:
         realtime = self._client.realtime
-        delay = self._check_seconds
         while True:
-            await asyncio.sleep(delay * (0.8 + random.random() * 0.4))
+            await asyncio.sleep(self._check_seconds * (0.8 + random.random() * 0.4))
             if realtime.is_connected:
-                delay = self._check_seconds
                 continue
-            try:
-                await realtime.connect()  # rejoins the errored channel once connected
-            except Exception as exc:
-                delay = min(delay * 2, self._max_backoff)
-                log.info(
-                    "realtime lost",
-                    extra={"event": "feed_lost", "error": str(exc), "retry_in": delay},
-                )
-            else:
-                delay = self._check_seconds
-                self.ring()  # anything may have happened while we were away
+            async for attempt in retrying(
+                "realtime reconnect",
+                initial=self._check_seconds,
+                max_delay=self._max_backoff,
+                retry_on=_any_error,
+            ):
+                with attempt:
+                    await realtime.connect()  # rejoins the errored channel once connected
+            self.ring()  # anything may have happened while we were away
 
     async def aclose(self) -> None:
         if self._watchdog is not None:
@@ -195,3 +201,9 @@ class RealtimeFeed(_Doorbell):
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._client.remove_channel(self._channel)
+
+
+def _any_error(exc: BaseException) -> bool:
+    """A feed retries whatever failed: it is only a doorbell, and the caller polls anyway.
+    Cancellation (a BaseException) still ends it at once."""
+    return isinstance(exc, Exception)

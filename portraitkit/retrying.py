@@ -1,4 +1,4 @@
-"""One way to retry: exponential backoff with jitter (tenacity), for errors that pass.
+"""One way to retry: exponential backoff with full jitter (tenacity), for errors that pass.
 
 Every loop that waits out a database outage, a deadlock or a rate limit uses
 :func:`retrying`, so delays, limits and logging are the same everywhere. What counts as
@@ -9,8 +9,9 @@ safe), a lock or statement timeout, an administrator's shutdown, a full connecti
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from tenacity import (
     stop_after_delay,
     stop_any,
     stop_never,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import WaitBaseT
@@ -43,7 +44,12 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DatabaseUnavailable):
         return True
     if isinstance(exc, psycopg.Error):
-        return isinstance(exc, psycopg.OperationalError) or is_transient_sqlstate(exc.sqlstate)
+        if exc.sqlstate is None:
+            # No answer from the server to judge by: the connection failed or broke.
+            return isinstance(exc, psycopg.OperationalError)
+        # psycopg makes an OperationalError of much that does not pass (a program limit,
+        # an object in the wrong state, a failed trigger protocol): the SQLSTATE decides.
+        return is_transient_sqlstate(exc.sqlstate)
     return False
 
 
@@ -78,10 +84,12 @@ def retrying(
     max_delay: float = 10.0,
     retry_on: Callable[[BaseException], bool] = is_transient,
     wait: WaitBaseT | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncRetrying:
     """Retry ``what`` on transient errors: at most ``attempts`` tries and ``seconds`` in
     all (neither given: until it works or the task is cancelled), then the last error is
-    raised as it was. Use as ``async for attempt in retrying(...): with attempt: ...``."""
+    raised as it was. Use as ``async for attempt in retrying(...): with attempt: ...``.
+    ``sleep`` is for tests that keep a fake clock."""
     limits: list[stop_base] = []
     if attempts is not None:
         limits.append(stop_after_attempt(attempts))
@@ -89,8 +97,9 @@ def retrying(
         limits.append(stop_after_delay(seconds))
     stop: stop_base = stop_any(*limits) if limits else stop_never
     return AsyncRetrying(
+        sleep=sleep,
         retry=retry_if_exception(retry_on),
-        wait=wait or wait_exponential_jitter(initial=initial, max=max_delay),
+        wait=wait or wait_random_exponential(multiplier=initial, max=max_delay),
         stop=stop,
         before_sleep=_log_retry(what),
         reraise=True,

@@ -11,17 +11,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
-from portraitkit.auth import issue_service_token
 from portraitkit.database.connection import listen_url
-from portraitkit.errors import ConfigurationError
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
 from portraitkit.generators import Generator, configured_generators
+from portraitkit.identity import SERVICE, open_client
 from portraitkit.session import database_url
 from portraitkit.settings import Settings
-from portraitkit.storage import LocalStorage
-from portraitkit.transports.postgres import PostgresTransport, make_pool
 from portraitkit.worker import Worker, WorkerOptions, WorkerStats
 
 log = logging.getLogger("portraitkit.worker")
@@ -38,18 +34,13 @@ async def open_worker(
     if settings.generator and options.generator is None:
         options = WorkerOptions(**{**vars(options), "generator": settings.generator})
     generators = generators or configured_generators(settings)
+    client = await open_client(settings, SERVICE, pool_size=4)
+    transport, storage = client.transport, client.storage
+    assert storage is not None
     feed: Feed
     if settings.mode == "supabase":
-        from portraitkit.transports.supabase import SupabaseTransport
-
-        if settings.supabase_url is None or settings.supabase_service_role_key is None:
-            raise ConfigurationError("The worker on Supabase needs SUPABASE_SERVICE_ROLE_KEY.")
-        transport: Any = await SupabaseTransport.service(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
-        storage: Any = transport.storage()
         try:
-            feed = await RealtimeFeed(transport.client).start()
+            feed = await RealtimeFeed(getattr(transport, "client", None)).start()
         except Exception as exc:  # realtime is a doorbell: polling still finds the work
             log.warning(
                 "realtime unavailable, polling only",
@@ -58,18 +49,12 @@ async def open_worker(
             feed = PollingFeed()
     else:
         url = await asyncio.to_thread(database_url, settings)
-        secret = settings.jwt_secret_value()
-        token = issue_service_token(secret)
-        pool = make_pool(url, max_size=4)
-        await pool.open()
-        transport = PostgresTransport(pool, lambda: token, secret, owns_pool=True)
-        storage = LocalStorage(settings.state_dir / "storage")
         feed = await NotifyFeed(listen_url(settings, url)).start()
     try:
         yield Worker(transport, storage, generators, feed=feed, options=options)
     finally:
         await feed.aclose()
-        await transport.aclose()
+        await client.aclose()
 
 
 async def run_worker(

@@ -1,13 +1,12 @@
-"""Open a client for a user, whichever database the settings name.
+"""A user's session: local users' tokens, the database URL, and ``open_client`` for scripts.
 
-Embedded or DATABASE_URL: the direct-Postgres transport with a local identity (a user in
-``auth.users`` and a JWT signed with the local secret). SUPABASE_URL: supabase-py with a
-real sign-in. Either way the caller gets the same :class:`PortraitClient`.
+``open_client(user=...)`` is the short way to :func:`portraitkit.identity.open_client`
+for a user; local identities (a user in ``auth.users`` with a JWT signed by the local
+secret) are made here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -17,10 +16,8 @@ from portraitkit.auth import LocalUser, find_local_user, issue_user_token
 from portraitkit.client import PortraitClient
 from portraitkit.database.connection import connect, resolve_database_url
 from portraitkit.database.lifecycle import bring_up
-from portraitkit.errors import ConfigurationError, NotAuthenticated
+from portraitkit.errors import UserNotFound
 from portraitkit.settings import Settings
-from portraitkit.storage import LocalStorage
-from portraitkit.transports.postgres import PostgresTransport, make_pool
 
 REFRESH_MARGIN_SECONDS = 60
 
@@ -54,7 +51,7 @@ def local_user(url: str, email_or_id: str) -> LocalUser:
     with connect(url, autocommit=True) as conn:
         user = find_local_user(conn, email_or_id)
     if user is None:
-        raise NotAuthenticated(
+        raise UserNotFound(
             f"No user {email_or_id!r}: create one with `portraitkit users create EMAIL`.",
             details={"user": email_or_id},
         )
@@ -68,45 +65,12 @@ async def open_client(
     password: str | None = None,
     access_token: str | None = None,
 ) -> PortraitClient:
-    """A client acting for one user.
+    """A client acting for one user (see :mod:`portraitkit.identity`).
 
     ``user`` is an email (or, locally, a user id); ``password`` signs in on Supabase;
     ``access_token`` uses a token the caller already holds.
     """
-    settings = settings or Settings()
-    if settings.mode == "supabase":
-        return await _open_supabase(settings, user, password, access_token)
-    url = await asyncio.to_thread(database_url, settings)
-    secret = settings.jwt_secret_value()
-    if access_token is not None:
-        token = access_token
-        tokens = lambda: token  # noqa: E731 - a constant token source
-    elif user is not None:
-        tokens = LocalTokens(secret, await asyncio.to_thread(local_user, url, user))
-    else:
-        raise NotAuthenticated("Name a user (email or id) or pass an access token.")
-    pool = make_pool(url)
-    await pool.open()
-    transport = PostgresTransport(pool, tokens, secret, owns_pool=True)
-    return PortraitClient(transport, LocalStorage(settings.state_dir / "storage"))
+    from portraitkit.identity import User
+    from portraitkit.identity import open_client as open_for
 
-
-async def _open_supabase(
-    settings: Settings, user: str | None, password: str | None, access_token: str | None
-) -> PortraitClient:
-    from portraitkit.transports.supabase import SupabaseTransport
-
-    if settings.supabase_url is None or settings.supabase_anon_key is None:
-        raise ConfigurationError(
-            "A user session on Supabase needs SUPABASE_URL and SUPABASE_ANON_KEY."
-        )
-    url, key = settings.supabase_url, settings.supabase_anon_key.get_secret_value()
-    if access_token is not None:
-        transport = await SupabaseTransport.from_access_token(url, key, access_token)
-    elif user is not None and password is not None:
-        transport = await SupabaseTransport.sign_in(url, key, user, password)
-    else:
-        raise NotAuthenticated(
-            "On Supabase, sign in with an email and password or an access token."
-        )
-    return PortraitClient(transport, transport.storage())
+    return await open_for(settings or Settings(), User(user, password, access_token))

@@ -40,11 +40,31 @@ class Settings(BaseSettings):
         "or for Supabase's transaction pooler its session mode on the same host.",
     )
     supabase_url: str | None = Field(None, validation_alias=_env("SUPABASE_URL", "supabase_url"))
+    # Supabase's current keys (sb_publishable_..., sb_secret_...) or the legacy JWT keys,
+    # whichever is set: the publishable one acts for users, the secret one for the worker.
     supabase_anon_key: SecretStr | None = Field(
-        None, validation_alias=_env("SUPABASE_ANON_KEY", "supabase_anon_key")
+        None,
+        validation_alias=AliasChoices(
+            "SUPABASE_PUBLISHABLE_KEY", "SUPABASE_ANON_KEY", "supabase_anon_key"
+        ),
     )
     supabase_service_role_key: SecretStr | None = Field(
-        None, validation_alias=_env("SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key")
+        None,
+        validation_alias=AliasChoices(
+            "SUPABASE_SECRET_KEY", "SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key"
+        ),
+    )
+    supabase_jwt_secret: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SUPABASE_JWT_SECRET", "supabase_jwt_secret"),
+        description="The project's legacy HS256 JWT secret, for servers that verify user "
+        "tokens signed with it (newer tokens are checked against the project's JWKS).",
+    )
+    jwks_url: str | None = Field(
+        None,
+        validation_alias=_env("PORTRAITKIT_JWKS_URL", "jwks_url"),
+        description="Where the public keys that sign user tokens are published. Unset: "
+        "<SUPABASE_URL>/auth/v1/.well-known/jwks.json on Supabase, none otherwise.",
     )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
@@ -80,8 +100,8 @@ class Settings(BaseSettings):
         if self.supabase_url:
             if not has_key:
                 raise ConfigurationError(
-                    "SUPABASE_URL is set but neither SUPABASE_ANON_KEY nor "
-                    "SUPABASE_SERVICE_ROLE_KEY is: set one of them, or unset SUPABASE_URL"
+                    "SUPABASE_URL is set but no key is: set SUPABASE_PUBLISHABLE_KEY (users) "
+                    "or SUPABASE_SECRET_KEY (the worker), or unset SUPABASE_URL"
                 )
             return "supabase"
         if has_key:
@@ -91,6 +111,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return "postgres"
         return "embedded"
+
+    def signing_keys_url(self) -> str | None:
+        """The JWKS that user tokens may be signed with (see ``jwks_url``)."""
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
 
     def jwt_secret_value(self) -> str:
         """The secret that signs local JWTs (direct-Postgres modes).

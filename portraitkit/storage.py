@@ -139,14 +139,15 @@ class LocalStorage:
     def __init__(self, root: Path, bucket: str = DEFAULT_BUCKET) -> None:
         self.base = Path(root) / bucket
 
-    def _file(self, path: str) -> Path:
+    def file_for(self, path: str) -> Path:
+        """The file that holds ``path`` (which must stay inside the bucket's directory)."""
         target = (self.base / path).resolve()
         if self.base.resolve() not in target.parents:
             raise InvalidInput(f"Invalid object path: {path!r}.", details={"field": "path"})
         return target
 
     async def put(self, path: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._write, self._file(path), data)
+        await asyncio.to_thread(self._write, self.file_for(path), data)
 
     @staticmethod
     def _write(target: Path, data: bytes) -> None:
@@ -157,16 +158,16 @@ class LocalStorage:
 
     async def get(self, path: str) -> bytes:
         try:
-            return await asyncio.to_thread(self._file(path).read_bytes)
+            return await asyncio.to_thread(self.file_for(path).read_bytes)
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"No stored object at {path!r}.", details={"path": path}) from exc
 
     async def remove(self, paths: list[str]) -> None:
         for path in paths:
-            self._file(path).unlink(missing_ok=True)
+            self.file_for(path).unlink(missing_ok=True)
 
     async def url(self, path: str, expires_in: int = 3600) -> str:
-        return self._file(path).as_uri()
+        return self.file_for(path).as_uri()
 
 
 def _storage_error(exc: Exception, path: str) -> PortraitkitError:

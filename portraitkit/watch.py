@@ -4,7 +4,8 @@ The feed is only a doorbell (see :mod:`portraitkit.feeds`): each ring means "rea
 batch again", and a timeout (the backstop) re-reads anyway, so a lost notification costs
 at most one backstop interval. Direct Postgres rings through LISTEN on
 ``portraitkit_batches`` (the payload is the batch id); Supabase through Realtime updates of
-that one ``generation_batches`` row.
+that one ``generation_batches`` row. A database outage only pauses the watch: reads are
+retried (:func:`~portraitkit.retrying.retrying`) until the database is back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from portraitkit.client import PortraitClient
 from portraitkit.database.connection import listen_url
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
 from portraitkit.models import Batch
+from portraitkit.retrying import retrying
 from portraitkit.session import database_url
 from portraitkit.settings import Settings
 
@@ -41,13 +43,19 @@ async def watch_batch(
 ) -> AsyncIterator[Batch]:
     """Yield the batch now, then each time it changes; the last snapshot is the final one.
 
-    Raises :class:`~portraitkit.errors.BatchNotFound` if the batch is not (or no longer)
-    the user's, e.g. deleted while watched.
+    The first read fails as any command's would, so a wrong setting shows at once; after
+    it, a database outage is waited out however long it lasts, as the worker waits it out
+    (cancelling the watch, e.g. Ctrl-C, still ends it at once). Raises
+    :class:`~portraitkit.errors.BatchNotFound` if the batch is not (or no longer) the
+    user's, e.g. deleted while watched.
     """
     last: Batch | None = None
     while True:
         read_at = time.monotonic()
-        batch = await client.get_batch(batch_id)
+        if last is None:
+            batch = await client.get_batch(batch_id)
+        else:
+            batch = await _reread(client, batch_id)
         if batch != last:
             yield batch
             last = batch
@@ -57,6 +65,14 @@ async def watch_batch(
         pause = min_interval - (time.monotonic() - read_at)
         if pause > 0:
             await asyncio.sleep(pause)
+
+
+async def _reread(client: PortraitClient, batch_id: UUID | str) -> Batch:
+    """The batch, read again as soon as the database answers."""
+    async for attempt in retrying(f"reading batch {batch_id}"):
+        with attempt:
+            batch = await client.get_batch(batch_id)
+    return batch  # the loop ends only once a read has succeeded
 
 
 @contextlib.asynccontextmanager

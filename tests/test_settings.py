@@ -50,7 +50,7 @@ def test_supabase_url_and_a_key_mean_supabase(monkeypatch: pytest.MonkeyPatch) -
 def test_supabase_url_without_a_key_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPABASE_URL", "https://x.supabase.co")
 
-    with pytest.raises(ConfigurationError, match="SUPABASE_ANON_KEY"):
+    with pytest.raises(ConfigurationError, match="SUPABASE_PUBLISHABLE_KEY"):
         _ = Settings().mode
 
 
@@ -113,3 +113,24 @@ def test_listen_uses_the_database_url_itself_otherwise(url: str) -> None:
 def test_an_explicit_listen_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORTRAITKIT_LISTEN_URL", "postgresql://postgres:pw@db.example:5432/app")
     assert listen_url(Settings(), POOLER) == "postgresql://postgres:pw@db.example:5432/app"
+
+
+def test_supabases_current_key_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "https://x.supabase.co")
+    monkeypatch.setenv("SUPABASE_PUBLISHABLE_KEY", "sb_publishable_abc")
+    monkeypatch.setenv("SUPABASE_SECRET_KEY", "sb_secret_xyz")
+    settings = Settings()
+    assert settings.mode == "supabase"
+    assert settings.supabase_anon_key is not None
+    assert settings.supabase_anon_key.get_secret_value() == "sb_publishable_abc"
+    assert settings.supabase_service_role_key is not None
+    assert settings.supabase_service_role_key.get_secret_value() == "sb_secret_xyz"
+    assert settings.signing_keys_url() == "https://x.supabase.co/auth/v1/.well-known/jwks.json"
+
+
+def test_the_legacy_key_names_still_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "https://x.supabase.co")
+    monkeypatch.setenv("SUPABASE_ANON_KEY", "legacy-anon")
+    settings = Settings()
+    assert settings.supabase_anon_key is not None
+    assert settings.supabase_anon_key.get_secret_value() == "legacy-anon"

@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from tenacity import wait_exponential
 
 from portraitkit.errors import (
     ConfigurationError,
@@ -49,6 +50,7 @@ from portraitkit.errors import (
     RetryableGenerationError,
 )
 from portraitkit.generators.base import GeneratedImage, GenerationRequest, sniff_image_type
+from portraitkit.retrying import retry_after_or, retrying
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 RETRYABLE_STATUSES = frozenset({408, 429})  # and every 5xx
@@ -67,6 +69,16 @@ CONTENT_TYPE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp"
 
 Sleep = Callable[[float], Awaitable[None]]
 Prediction = dict[str, Any]
+
+
+class _Busy(Exception):
+    """A 429, 408 or 5xx answer: worth asking again, after ``Retry-After`` if it says."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.detail = _detail(response)
+        self.retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
+        super().__init__(f"answered {self.status}: {self.detail}")
 
 
 class HttpGenerator:
@@ -218,48 +230,64 @@ class HttpGenerator:
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """One call, with 429/408/5xx retried after a backoff; other failures classified."""
+        """One call, with 429/408/5xx asked again after a backoff (or the server's
+        ``Retry-After``, if no longer than ``max_backoff``); other failures classified."""
         kwargs.setdefault("timeout", self.timeout)
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = await self._client.request(
-                    method,
-                    url,
-                    headers={**self._headers(authorize), **(headers or {})},
-                    **kwargs,
-                )
-            except httpx.TimeoutException as exc:
-                raise RetryableGenerationError(
-                    f"{method} {_short(url)} timed out.", details={"url": _short(url)}
-                ) from exc
-            except httpx.TransportError as exc:
-                raise RetryableGenerationError(
-                    f"{method} {_short(url)} failed: {exc!s}", details={"url": _short(url)}
-                ) from exc
-            status = response.status_code
-            if status < 400:
-                return response
-            if status not in RETRYABLE_STATUSES and status < 500:
-                raise PermanentGenerationError(
-                    f"{method} {_short(url)} was refused with {status}: {_detail(response)}",
-                    details={"status": status, "url": _short(url)},
-                )
-            delay = self._retry_delay(response, attempt)
-            if attempt == self.max_retries or delay > self.max_backoff:
-                raise RetryableGenerationError(
-                    f"{method} {_short(url)} answered {status} "
-                    f"{attempt + 1} time(s): {_detail(response)}",
-                    details={"status": status, "url": _short(url), "retry_after": delay},
-                )
-            await self._sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        headers = {**self._headers(authorize), **(headers or {})}
+        tries = 0
+        try:
+            async for attempt in retrying(
+                f"{method} {_short(url)}",
+                attempts=self.max_retries + 1,
+                retry_on=self._worth_waiting_for,
+                wait=retry_after_or(
+                    wait_exponential(multiplier=self.backoff, max=self.max_backoff),
+                    lambda error: error.retry_after if isinstance(error, _Busy) else None,
+                ),
+                sleep=self._sleep,
+            ):
+                with attempt:
+                    tries = attempt.retry_state.attempt_number
+                    response = await self._send(method, url, headers, **kwargs)
+        except _Busy as busy:
+            details: dict[str, Any] = {"status": busy.status, "url": _short(url)}
+            if busy.retry_after is not None:
+                details["retry_after"] = busy.retry_after
+            raise RetryableGenerationError(
+                f"{method} {_short(url)} answered {busy.status} {tries} time(s): {busy.detail}",
+                details=details,
+            ) from None
+        return response
 
-    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
-        """``Retry-After`` when the server sent one, else exponential backoff."""
-        retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
-        if retry_after is not None:
-            return retry_after
-        return float(min(self.backoff * 2**attempt, self.max_backoff))
+    def _worth_waiting_for(self, error: BaseException) -> bool:
+        """A busy answer, unless the server asks for a longer wait than we allow: the
+        worker's own backoff (the item back in the queue) then does the waiting."""
+        return isinstance(error, _Busy) and (error.retry_after or 0.0) <= self.max_backoff
+
+    async def _send(
+        self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any
+    ) -> httpx.Response:
+        """One request: its response, :class:`_Busy` for an answer worth asking again, or
+        the generation error the failure means."""
+        try:
+            response = await self._client.request(method, url, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise RetryableGenerationError(
+                f"{method} {_short(url)} timed out.", details={"url": _short(url)}
+            ) from exc
+        except httpx.TransportError as exc:
+            raise RetryableGenerationError(
+                f"{method} {_short(url)} failed: {exc!s}", details={"url": _short(url)}
+            ) from exc
+        status = response.status_code
+        if status < 400:
+            return response
+        if status not in RETRYABLE_STATUSES and status < 500:
+            raise PermanentGenerationError(
+                f"{method} {_short(url)} was refused with {status}: {_detail(response)}",
+                details={"status": status, "url": _short(url)},
+            )
+        raise _Busy(response)
 
     def _headers(self, authorize: bool) -> dict[str, str]:
         headers = {"User-Agent": "portraitkit"}

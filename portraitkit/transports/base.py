@@ -7,22 +7,35 @@ identity, and raises the typed errors of :mod:`portraitkit.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from tenacity import AsyncRetrying
+
+from portraitkit.retrying import is_transient, retrying
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a retry-safe call is resent after a dropped connection or a timeout:
-    ``attempts`` tries in all, with exponential delays. Both transports use it."""
+    """How a retry-safe call is resent after a transient failure (a dropped connection, a
+    timeout, a deadlock): ``attempts`` tries in all, with exponential delays from
+    ``base_delay`` up to ``max_delay``. Both transports resend through :meth:`retrying`."""
 
     attempts: int = 3
     base_delay: float = 0.2
     max_delay: float = 2.0
 
-    def delay(self, retry: int) -> float:
-        return float(min(self.max_delay, self.base_delay * 2**retry))
+    def retrying(
+        self, what: str, retry_on: Callable[[BaseException], bool] = is_transient
+    ) -> AsyncRetrying:
+        return retrying(
+            what,
+            attempts=self.attempts,
+            initial=self.base_delay,
+            max_delay=self.max_delay,
+            retry_on=retry_on,
+        )
 
 
 class Transport(Protocol):

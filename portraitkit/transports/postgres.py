@@ -8,7 +8,6 @@ statements and nothing kept between transactions, so a transaction-mode pooler w
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,7 +17,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from portraitkit.auth import verify_token
 from portraitkit.database import rpc
-from portraitkit.errors import DatabaseUnavailable, PortraitkitError
+from portraitkit.errors import DatabaseUnavailable
+from portraitkit.retrying import is_transient
 from portraitkit.transports.base import RetryPolicy
 
 TokenSource = Callable[[], str | None]
@@ -47,16 +47,19 @@ class PostgresTransport:
         *,
         owns_pool: bool = False,
         retry: RetryPolicy | None = None,
+        verify: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self._pool = pool
         self._token = token
         self._secret = jwt_secret
+        # A server that verified the token already (HS256 or a project key pair) says so.
+        self._verify = verify or (lambda token: verify_token(jwt_secret, token))
         self._owns_pool = owns_pool
         self._retry = retry or RetryPolicy()
 
     def _claims(self) -> dict[str, Any] | None:
         token = self._token()
-        return verify_token(self._secret, token) if token else None
+        return dict(self._verify(token)) if token else None
 
     @property
     def user_id(self) -> str | None:
@@ -95,27 +98,36 @@ class PostgresTransport:
     async def _on_connection(
         self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]], *, retry_safe: bool
     ) -> Any:
-        """Run one request's transaction on a pooled connection. A connection that broke
-        under it (the server restarted, a pooler or the network dropped it) is discarded by
-        the pool; a retry-safe request is then sent again on another, as the Supabase
-        transport resends it. A request that is not safe to repeat fails at once."""
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                async with self._pool.connection() as conn:
-                    try:
-                        return await work(conn)
-                    except DatabaseUnavailable:
-                        if not (retry_safe and conn.broken and tries < self._retry.attempts):
-                            raise
-            except PortraitkitError:
-                raise
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
-            await asyncio.sleep(self._retry.delay(tries - 1))
-            await self._pool.check()  # its other idle connections likely died the same way
+        """Run one request's transaction on a pooled connection. A retry-safe request that
+        failed for a reason that passes (its connection broke under it: the server
+        restarted, a pooler or the network dropped it; or a deadlock or a timeout rolled it
+        back) is sent again on another connection, as the Supabase transport resends it. A
+        request that is not safe to repeat fails at once."""
+        try:
+            if not retry_safe:
+                return await self._transaction(work)
+            result: Any = None
+            async for attempt in self._retry.retrying("database call", retry_on=_resendable):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        await self._pool.check()  # its other idle connections likely died too
+                    result = await self._transaction(work)
+            return result
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
+
+    async def _transaction(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
+    ) -> Any:
+        async with self._pool.connection() as conn:
+            return await work(conn)
 
     async def aclose(self) -> None:
         if self._owns_pool:
             await self._pool.close()
+
+
+def _resendable(exc: BaseException) -> bool:
+    """A transient failure of the call itself. Not a pool that found no connection within
+    its own timeout: it has waited already, and waiting as long again only delays the error."""
+    return is_transient(exc) and not isinstance(exc, PoolTimeout)

@@ -18,7 +18,6 @@ module adds is the policy a phone-network-grade connection needs:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -219,10 +218,20 @@ class SupabaseTransport:
     # -- policy -------------------------------------------------------------------------
 
     async def _call(self, send: Callable[[], Awaitable[Any]], *, retry_safe: bool) -> Any:
-        """Send (rebuilding the request each time, so a refreshed token is used), refresh
-        once on an expired token, and resend a safe call after a transient failure."""
+        """Send, and send again after a transient failure if the caller marked the call
+        safe to repeat (the request is rebuilt each time, so a refreshed token is used)."""
+        if not retry_safe:
+            return await self._send(send)
+        result: Any = None
+        async for attempt in self.retry.retrying("Supabase API call"):
+            with attempt:
+                result = await self._send(send)
+        return result
+
+    async def _send(self, send: Callable[[], Awaitable[Any]]) -> Any:
+        """One request, and once more after refreshing an expired token; its failure as a
+        typed error."""
         refreshed = False
-        retries = 0
         while True:
             _last_status.set(None)
             try:
@@ -237,19 +246,15 @@ class SupabaseTransport:
                     await self._refresh()
                     refreshed = True
                     continue
-                if not _is_transient(exc.code, status):
-                    raise error_from_payload(
-                        exc.code, exc.message, exc.details, exc.hint, status
-                    ) from exc
-                failure: PortraitkitError = _unavailable(exc, status)
+                if _is_transient(exc.code, status):
+                    raise _unavailable(exc, status) from exc
+                raise error_from_payload(
+                    exc.code, exc.message, exc.details, exc.hint, status
+                ) from exc
             except httpx.TimeoutException as exc:
-                failure = TransportTimeout(f"The Supabase API did not answer in time: {exc!r}")
+                raise TransportTimeout(f"The Supabase API did not answer in time: {exc!r}") from exc
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                failure = DatabaseUnavailable(f"The connection to Supabase was lost: {exc!r}")
-            if not retry_safe or retries + 1 >= self.retry.attempts:
-                raise failure
-            await asyncio.sleep(self.retry.delay(retries))
-            retries += 1
+                raise DatabaseUnavailable(f"The connection to Supabase was lost: {exc!r}") from exc
 
     async def _refresh(self) -> None:
         if not self._refresh_token:

@@ -64,8 +64,8 @@ def test_another_users_batch_is_not_found(cli: Cli, make_user: MakeUser) -> None
     cli.run("batches", "cancel", batch_id, "--user", stranger, code=4)
 
 
-def test_an_unknown_user_is_not_allowed(cli: Cli) -> None:
-    result = cli.run("batches", "list", "--user", "nobody@example.test", code=5)
+def test_an_unknown_user_is_not_found(cli: Cli) -> None:
+    result = cli.run("batches", "list", "--user", "nobody@example.test", code=4)
 
     assert one_line_error(result) == (
         "error: No user 'nobody@example.test': create one with `portraitkit users create EMAIL`."
@@ -116,7 +116,7 @@ def test_half_made_settings_are_a_configuration_error(cli: Cli) -> None:
 
     result = Cli(None, cli.state_dir).run(*supabase_without_keys, "styles", code=3)
 
-    assert "SUPABASE_ANON_KEY" in one_line_error(result)
+    assert "SUPABASE_PUBLISHABLE_KEY" in one_line_error(result)
 
 
 def test_json_errors_are_one_object_on_stderr(cli: Cli, make_user: MakeUser) -> None:
