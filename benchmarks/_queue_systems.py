@@ -60,7 +60,9 @@ class Portraitkit(System):
             make_users(conn, USERS, credits=1_000_000_000, label="queue")
 
     def load(self, url: str, items: int) -> None:
-        """Batches of 10 pending items, spread over the users, as the superuser in bulk."""
+        """Batches of 10 pending items, spread over the users, as the superuser in bulk,
+        with the fair tags the queue gives them (round-robin per user): a claim takes the
+        next item of many users, so it touches many batches, as a busy queue's claims do."""
         batches = items // STYLES_PER_BATCH
         with open_connection(url) as conn:
             users = [r[0] for r in conn.execute("select id from public.profiles order by id")]

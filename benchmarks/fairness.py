@@ -133,7 +133,9 @@ def latency_template(server_url: str) -> Iterator[tuple[str, Cast]]:
 
 
 @contextmanager
-def running_workers(context: Any, url: str, settings: dict[str, Any], processes: int) -> Any:
+def running_workers(
+    context: Any, url: str, settings: dict[str, Any], processes: int
+) -> Iterator[tuple[Any, list[Any]]]:
     """Worker processes connected and waiting; yields their go event and the processes."""
     ready, go = context.Queue(), context.Event()
     procs = [

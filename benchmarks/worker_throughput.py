@@ -398,7 +398,7 @@ def render(results: dict[str, Any], facts: dict[str, Any], items: int, rounds: i
     for p, entry in results["processes"].items():
         rows = list(entry["systems"].items())
         for n, (key, r) in enumerate(rows):
-            vs = f"{r['vs_pgqueuer_best']:.2f}"
+            vs = _times(r["vs_pgqueuer_best"])
             if (key == "portraitkit" or key.startswith("candidate-")) and entry["pgqueuer_best"]:
                 vs += f" {verdict(r['vs_pgqueuer_best'] >= 1.0)}"
             if key == entry["pgqueuer_best"]:
