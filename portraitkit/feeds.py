@@ -138,8 +138,9 @@ class RealtimeFeed(_Doorbell):
 
     supabase-py reconnects and rejoins the channel by itself, but gives up after a few
     tries (and its issue tracker knows of lost subscriptions), so a watchdog keeps trying
-    (:func:`~portraitkit.retrying.retrying`, without limit) once it has: a long Realtime outage then costs polls, never the feed.
-    Only a doorbell either way: the worker polls as well.
+    (:func:`~portraitkit.retrying.retrying`, without limit) once it has: a long Realtime
+    outage then costs polls, never the feed. Only a doorbell either way: the worker polls
+    as well.
     """
 
     def __init__(

@@ -1,20 +1,19 @@
 """TypeScript types for the app, read from the live database's catalog.
 
-The first part of the output is, byte for byte, what ``supabase gen types typescript`` prints
-for the same database: the CLI runs postgres-meta's typescript template (v0.96.6) in Docker
-and formats it with prettier (``semi: false``). We read the same catalog facts with psycopg
-and lay them out with a small copy of prettier's line-fitting printer, so no Docker and no
-Node are needed. postgres-meta's quirks are kept on purpose (columns and arguments sorted
-by name, ``RETURNS TABLE`` fields never nullable, defaults making arguments optional), so
-the file can be swapped with the CLI's without a diff. One fix from later postgres-meta is
-taken: a ``ROWS 1`` set-returning function keeps its array type unless it returns a table.
+The first part of the output is, byte for byte, what ``supabase gen types typescript``
+prints for the same database. The CLI runs postgres-meta's typescript template (v0.96.6) in
+Docker and formats it with prettier; here psycopg reads the same catalog facts and a small
+copy of prettier's line fitting lays them out, so neither Docker nor Node is needed.
+postgres-meta's choices are kept so the two files can be swapped without a diff: columns
+and arguments sorted by name, ``RETURNS TABLE`` fields never nullable, an argument with a
+default optional. One later fix is taken: a ``ROWS 1`` set-returning function keeps its
+array type unless it returns a table's rows (PostgREST answers with an array).
 
-After it come portraitkit's own exports: the contract's error codes with their HTTP status,
-and short aliases for the rows the app reads.
+After that part come portraitkit's own exports: the contract's error codes with their HTTP
+status, and short aliases for the rows the app reads.
 
-One module on purpose (over the usual size): catalog, type mapping and printer are one
-generator, and splitting them would scatter what one reader needs to compare it with
-postgres-meta.
+Why one module of this size: catalog, type mapping and layout make one generator, and a
+reader comparing it with postgres-meta's template needs them side by side.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from psycopg.rows import dict_row
 from portraitkit.errors import ERRORS_BY_CODE
 
 DEFAULT_SCHEMAS = ("public",)
-# Shorthands the app imports, each emitted only when its relation or enum exists in public.
+# Shorthands the app imports, each written only when its relation or enum is in public.
 ROW_ALIASES = {
     "GenerationBatch": "generation_batches",
     "Generation": "generations",
@@ -44,25 +43,26 @@ ROW_ALIASES = {
 ENUM_ALIASES = {"BatchStatus": "batch_status", "GenerationStatus": "generation_status"}
 _SYSTEM_SCHEMAS = ["information_schema", "pg_catalog", "pg_toast"]
 _UNNAMED_ARG_TYPES = {114, 3802, 25}  # json, jsonb, text: PostgREST passes the body as is
-_INPUT_MODES = {"i": "in", "b": "inout", "v": "variadic"}
+_ARG_MODES = {"i": "in", "b": "inout", "v": "variadic", "o": "out", "t": "table"}
 
-# --------------------------------------------------------------------------- the catalog
+# ------------------------------------------------------------------------------ the catalog
 
 _SCHEMAS_SQL = """
 select n.nspname as name from pg_namespace n
 where n.nspname = any(%(schemas)s)
   and (pg_has_role(n.nspowner, 'USAGE') or has_schema_privilege(n.oid, 'CREATE, USAGE'))
 """
-# Tables are listed only when visible to us (as postgres-meta does); views always.
+# Tables only when we hold some privilege on them (as postgres-meta lists them); views always.
 _RELATIONS_SQL = """
 select c.oid::int8 as oid, n.nspname as schema, c.relname as name, c.relkind::text as kind,
        c.relkind = 'v' and (pg_relation_is_updatable(c.oid, false) & 20) = 20 as updatable
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = any(%(schemas)s) and c.relkind in ('r', 'p', 'f', 'v', 'm')
   and (c.relkind not in ('r', 'p') or pg_has_role(c.relowner, 'USAGE')
-       or has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
-       or has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'))
+    or has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+    or has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'))
 """
+# A domain's column is typed by the domain's base type.
 _COLUMNS_SQL = """
 select a.attrelid::int8 as relation, a.attnum as number, a.attname as name,
        coalesce(bt.typname, t.typname) as type_name,
@@ -79,10 +79,10 @@ left join pg_type bt on t.typtype = 'd' and bt.oid = t.typbasetype
 where n.nspname = any(%(schemas)s) and c.relkind in ('r', 'p', 'f', 'v', 'm')
   and a.attnum > 0 and not a.attisdropped
   and (pg_has_role(c.relowner, 'USAGE')
-       or has_column_privilege(c.oid, a.attnum, 'SELECT, INSERT, UPDATE, REFERENCES'))
+    or has_column_privilege(c.oid, a.attnum, 'SELECT, INSERT, UPDATE, REFERENCES'))
 """
 _FUNCTIONS_SQL = """
-select p.oid::int8 as oid, n.nspname as schema, p.proname as name,
+select n.nspname as schema, p.proname as name,
        coalesce(p.proallargtypes, p.proargtypes::oid[])::int8[] as arg_types,
        p.proargmodes::text[] as arg_modes, p.proargnames as arg_names,
        p.pronargs - p.pronargdefaults as required_inputs,
@@ -98,48 +98,45 @@ left join pg_type rt on rt.oid = p.prorettype
 where n.nspname = any(%(schemas)s) and p.prokind = 'f'
   and pg_get_function_result(p.oid) not in ('trigger', 'event_trigger')
 """
-# Every type (system ones too): arguments and return types are looked up by oid or name.
+# Every type, system ones too: arguments and results are looked up by oid, columns by name.
 _TYPES_SQL = """
 select t.oid::int8 as oid, t.typname as name, n.nspname as schema,
        format_type(t.oid, null) as format, nullif(t.typrelid, 0)::int8 as relation,
        coalesce((select array_agg(e.enumlabel order by e.enumsortorder)
                  from pg_enum e where e.enumtypid = t.oid), '{}') as enums,
-       coalesce((select array_agg(a.attname::text order by a.attnum)
+       coalesce((select json_agg(json_build_array(a.attname, a.atttypid::int8) order by a.attnum)
                  from pg_class c join pg_attribute a on a.attrelid = c.oid
                  where c.oid = t.typrelid and c.relkind = 'c' and not a.attisdropped),
-                '{}') as attribute_names,
-       coalesce((select array_agg(a.atttypid::int8 order by a.attnum)
-                 from pg_class c join pg_attribute a on a.attrelid = c.oid
-                 where c.oid = t.typrelid and c.relkind = 'c' and not a.attisdropped),
-                '{}') as attribute_types
+                '[]') as attributes
 from pg_type t join pg_namespace n on n.oid = t.typnamespace
 where t.typrelid = 0
    or (select c.relkind in ('c', 'r', 'v', 'm', 'p') from pg_class c where c.oid = t.typrelid)
 order by t.oid
 """
-# Foreign keys as PostgREST sees them; one-to-one when the columns are a primary or unique key.
+# Foreign keys as PostgREST reads them: one-to-one when the columns are a primary or unique
+# key of their table.
 _FOREIGN_KEYS_SQL = """
 select k.conname as name, n.nspname as schema, c.relname as relation,
-       k.conrelid::int8 as relation_oid, k.conkey::int[] as keys,
        array(select a.attname::text from unnest(k.conkey) with ordinality u(num, i)
              join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.num
              order by u.i) as columns,
-       rn.nspname as referenced_schema, r.relname as referenced_relation,
-       k.confrelid::int8 as referenced_oid, k.confkey::int[] as referenced_keys,
-       array(select a.attname::text from unnest(k.confkey) with ordinality u(num, i)
-             join pg_attribute a on a.attrelid = k.confrelid and a.attnum = u.num
-             order by u.i) as referenced_columns,
        exists (select from pg_constraint u
                where u.conrelid = k.conrelid and u.contype in ('p', 'u')
                  and (select array_agg(x order by x) from unnest(u.conkey) x) = k.conkey)
-         as one_to_one
+         as one_to_one,
+       rn.nspname as referenced_schema, r.relname as referenced_relation,
+       array(select a.attname::text from unnest(k.confkey) with ordinality u(num, i)
+             join pg_attribute a on a.attrelid = k.confrelid and a.attnum = u.num
+             order by u.i) as referenced_columns,
+       k.conrelid::int8 as relation_oid, k.conkey::int[] as keys,
+       k.confrelid::int8 as referenced_oid, k.confkey::int[] as referenced_keys
 from pg_constraint k
 join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
 join pg_class r on r.oid = k.confrelid join pg_namespace rn on rn.oid = r.relnamespace
 where k.contype = 'f' and k.conparentid = 0 and n.nspname <> all(%(system)s)
 """
-_VIEW_RULES_SQL = """
-select c.oid::int8 as oid, r.ev_action::text as action
+_VIEW_QUERIES_SQL = """
+select c.oid::int8 as oid, r.ev_action::text as query
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 join pg_rewrite r on r.ev_class = c.oid
@@ -151,7 +148,7 @@ where c.relkind in ('v', 'm') and n.nspname <> all(%(system)s)
 class Column:
     name: str
     number: int
-    type_name: str  # the base type's name for a domain, as postgres-meta reports it
+    type_name: str
     nullable: bool
     has_default: bool
     identity: str  # '' (none), 'a' (always) or 'd' (by default)
@@ -167,11 +164,14 @@ class Relation:
     updatable: bool
     columns: list[Column] = field(default_factory=list)
 
+    def sorted_columns(self) -> list[Column]:
+        return sorted(self.columns, key=lambda column: collation_key(column.name))
+
 
 @dataclass(frozen=True)
 class Arg:
     name: str
-    mode: str  # in, out, inout, variadic, table
+    mode: str  # in, inout, variadic, out, table
     type_oid: int
     has_default: bool
 
@@ -218,9 +218,9 @@ class Relationship:
 
 @dataclass
 class Catalog:
-    """What the generator needs to know about the database, read in one transaction."""
+    """What the generator needs to know about the database."""
 
-    schemas: list[str]
+    schemas: list[str]  # the ones asked for that exist, sorted
     relations: list[Relation]
     functions: list[Function]
     types: list[PgType]
@@ -228,8 +228,12 @@ class Catalog:
 
 
 def read_catalog(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> Catalog:
+    """The catalog as one snapshot (a repeatable-read, read-only transaction)."""
     params = {"schemas": list(schemas), "system": _SYSTEM_SCHEMAS}
+    fresh = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        if fresh:  # else a savepoint inside the caller's transaction, as it is
+            cur.execute(b"set transaction isolation level repeatable read, read only")
 
         def rows(query: str) -> list[dict[str, Any]]:
             cur.execute(query.encode(), params)
@@ -240,74 +244,59 @@ def read_catalog(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> Catal
         for row in rows(_COLUMNS_SQL):
             if (owner := relations.get(row.pop("relation"))) is not None:
                 owner.columns.append(Column(**row))
-        functions = [_function(row) for row in rows(_FUNCTIONS_SQL)]
-        types = [_pg_type(row) for row in rows(_TYPES_SQL)]
+        functions = [_function(**row) for row in rows(_FUNCTIONS_SQL)]
+        types = [_pg_type(**row) for row in rows(_TYPES_SQL)]
         foreign_keys = rows(_FOREIGN_KEYS_SQL)
-        view_columns = {row["oid"]: _view_columns(row["action"]) for row in rows(_VIEW_RULES_SQL)}
+        views = {row["oid"]: _view_origins(row["query"]) for row in rows(_VIEW_QUERIES_SQL)}
     return Catalog(
         schemas=sorted(found, key=collation_key),
         relations=list(relations.values()),
         functions=functions,
         types=types,
-        relationships=_relationships(foreign_keys, view_columns, relations),
+        relationships=_relationships(foreign_keys, views, relations),
     )
 
 
-def _function(row: dict[str, Any]) -> Function:
-    count = len(row["arg_types"])
-    modes = row["arg_modes"] or ["i"] * count
-    names = row["arg_names"] or [""] * count
-    args, position = [], 0
-    for name, mode, type_oid in zip(names, modes, row["arg_types"], strict=True):
-        has_default = False
-        if mode in _INPUT_MODES:
-            has_default = position >= row["required_inputs"]
-            position += 1
-        kind = _INPUT_MODES.get(mode) or {"o": "out", "t": "table"}[mode]
-        args.append(Arg(name, kind, type_oid, has_default))
-    return Function(
-        schema=row["schema"],
-        name=row["name"],
-        args=tuple(sorted(args, key=lambda arg: collation_key(arg.name))),
-        **{key: row[key] for key in _FUNCTION_FIELDS},
-    )
+def _function(
+    arg_types: list[int],
+    arg_modes: list[str] | None,
+    arg_names: list[str] | None,
+    required_inputs: int,
+    **fields: Any,
+) -> Function:
+    """The function with its arguments; the last ``pronargdefaults`` inputs have defaults."""
+    names = arg_names or [""] * len(arg_types)
+    modes = [_ARG_MODES[mode] for mode in arg_modes or ["i"] * len(arg_types)]
+    args, inputs = [], 0
+    for name, mode, oid in zip(names, modes, arg_types, strict=True):
+        is_input = mode in ("in", "inout", "variadic")
+        args.append(Arg(name, mode, oid, is_input and inputs >= required_inputs))
+        inputs += is_input
+    return Function(args=tuple(sorted(args, key=lambda arg: collation_key(arg.name))), **fields)
 
 
-_FUNCTION_FIELDS = (
-    "argument_types",
-    "return_type",
-    "return_type_oid",
-    "return_relation",
-    "returns_set",
-    "row_estimate",
-)
+def _pg_type(enums: list[str], attributes: list[list[Any]], **fields: Any) -> PgType:
+    pairs = tuple((name, oid) for name, oid in attributes)
+    return PgType(enums=tuple(enums), attributes=pairs, **fields)
 
 
-def _pg_type(row: dict[str, Any]) -> PgType:
-    attributes = tuple(zip(row.pop("attribute_names"), row.pop("attribute_types"), strict=True))
-    return PgType(**{**row, "enums": tuple(row["enums"])}, attributes=attributes)
+def _view_origins(query: str) -> dict[int, tuple[int, int]]:
+    """For each column of a view (by number), the table column (relation oid, number) it
+    shows unchanged.
 
-
-def _view_columns(action: str) -> dict[int, tuple[int, int]]:
-    """Each column of a view (by number) and the table column it shows unchanged.
-
-    A stored view is its query tree as text; the top query's target list records for every
-    plain column reference where it comes from (``resorigtbl``, ``resorigcol``), even through
-    joins and subqueries. This is how PostgREST finds relationships through views.
+    A stored view is its query tree as text. The top query's target list records where each
+    plain column reference comes from (``:resorigtbl``, ``:resorigcol``), through joins and
+    subqueries too; PostgREST finds relationships through views the same way.
     """
-    origins: dict[int, tuple[int, int]] = {}
-    depth, entry, key, in_targets = 0, {}, None, False
-    tokens: list[tuple[int, str]] = []
-    word: list[str] = []
-    chars = iter(action)
+    tokens: list[tuple[int, str]] = []  # (nesting depth, token)
+    depth, word, chars = 0, "", iter(query)
     for char in chars:
-        if char == "\\":
-            word.append(next(chars, ""))
-            continue
-        if char in " \n\t(){}":
+        if char == "\\":  # an escaped character belongs to the word
+            word += next(chars, "")
+        elif char in " \n\t(){}":
             if word:
-                tokens.append((depth, "".join(word)))
-                word = []
+                tokens.append((depth, word))
+                word = ""
             if char in "({":
                 tokens.append((depth, char))
                 depth += 1
@@ -315,84 +304,65 @@ def _view_columns(action: str) -> dict[int, tuple[int, int]]:
                 depth -= 1
                 tokens.append((depth, char))
         else:
-            word.append(char)
-    for level, token in tokens:
+            word += char
+    origins: dict[int, tuple[int, int]] = {}
+    entry: dict[str, int] = {}
+    in_targets, key = False, ""
+    for level, token in tokens:  # ({QUERY ... :targetList ({TARGETENTRY :resno 1 ...} ...) ...})
         if level == 2 and token == ":targetList":
             in_targets = True
-        elif in_targets and level == 2 and token != "(":
+        elif not in_targets:
+            continue
+        elif level == 2 and token != "(":
             break  # the end of the list, or an empty one (`<>`)
-        elif in_targets and level == 3 and token == "}":
+        elif level == 3 and token == "}":
             if entry.get(":resorigtbl"):
                 origins[entry[":resno"]] = (entry[":resorigtbl"], entry[":resorigcol"])
             entry = {}
-        elif in_targets and level == 4:
-            if key is not None:
-                entry[key] = int(token) if token.lstrip("-").isdigit() else 0
-                key = None
-            elif token in (":resno", ":resorigtbl", ":resorigcol"):
-                key = token
+        elif level == 4 and key:
+            entry[key], key = (int(token) if token.isdigit() else 0), ""
+        elif level == 4 and token in (":resno", ":resorigtbl", ":resorigcol"):
+            key = token
     return origins
 
 
 def _relationships(
     foreign_keys: list[dict[str, Any]],
-    view_columns: dict[int, dict[int, tuple[int, int]]],
+    views: dict[int, dict[int, tuple[int, int]]],
     relations: dict[int, Relation],
 ) -> list[Relationship]:
-    """Foreign keys, plus the same keys seen through views that show all of their columns."""
-    exposed: dict[int, dict[tuple[int, int], list[str]]] = {}
-    for view in relations.values():
-        if view.oid not in view_columns:
-            continue
-        shown: dict[tuple[int, int], list[str]] = defaultdict(list)
-        for column in sorted(view.columns, key=lambda column: column.number):
-            origin, seen = view_columns[view.oid].get(column.number), {view.oid}
-            while origin is not None and origin[0] not in seen:
-                shown[origin].append(column.name)
-                seen.add(origin[0])
-                origin = view_columns.get(origin[0], {}).get(origin[1])
-        exposed[view.oid] = shown
-    views = sorted((relations[oid] for oid in exposed), key=lambda v: (v.schema, v.name))
+    """Foreign keys, then the same keys seen through views that show all their columns
+    (from the view, to it, or both), sorted as postgres-meta sorts them."""
+    shown: dict[int, dict[tuple[int, int], list[str]]] = {}  # view -> table column -> names
+    for view in sorted(relations.values(), key=lambda r: (r.schema, r.name)):
+        if view.oid in views:
+            shown[view.oid] = defaultdict(list)
+            for column in sorted(view.columns, key=lambda column: column.number):
+                origin, seen = views[view.oid].get(column.number), {view.oid}
+                while origin is not None and origin[0] not in seen:  # views on views
+                    shown[view.oid][origin].append(column.name)
+                    seen.add(origin[0])
+                    origin = views.get(origin[0], {}).get(origin[1])
 
     def through(table: int, keys: list[int]) -> list[tuple[Relation, tuple[str, ...]]]:
         return [
-            (view, names)
-            for view in views
-            if all((table, key) in exposed[view.oid] for key in keys)
-            for names in itertools.product(*(exposed[view.oid][(table, key)] for key in keys))
+            (relations[oid], names)
+            for oid, columns in shown.items()
+            if all((table, key) in columns for key in keys)
+            for names in itertools.product(*(columns[(table, key)] for key in keys))
         ]
 
-    tables, through_views = [], []
-    for key in foreign_keys:
-        base = Relationship(
-            key["name"],
-            key["schema"],
-            key["relation"],
-            tuple(key["columns"]),
-            key["one_to_one"],
-            key["referenced_schema"],
-            key["referenced_relation"],
-            tuple(key["referenced_columns"]),
-        )
-        sources = through(key["relation_oid"], key["keys"])
-        targets = through(key["referenced_oid"], key["referenced_keys"])
-        tables.append(base)
-        through_views += [
-            replace(base, schema=v.schema, relation=v.name, columns=c) for v, c in sources
-        ]
-        through_views += [
-            replace(base, referenced_schema=v.schema, referenced_relation=v.name,
-                    referenced_columns=c)
-            for v, c in targets
-        ]  # fmt: skip
-        through_views += [
-            replace(base, schema=v.schema, relation=v.name, columns=c, referenced_schema=w.schema,
-                    referenced_relation=w.name, referenced_columns=d)
-            for v, c in sources
-            for w, d in targets
-        ]  # fmt: skip
+    direct, derived = [], []
+    for row in foreign_keys:
+        sources = through(row.pop("relation_oid"), row.pop("keys"))
+        targets = through(row.pop("referenced_oid"), row.pop("referenced_keys"))
+        key = Relationship(**row | {c: tuple(row[c]) for c in ("columns", "referenced_columns")})
+        direct.append(key)
+        derived += [_seen_through(key, source, None) for source in sources]
+        derived += [_seen_through(key, None, target) for target in targets]
+        derived += [_seen_through(key, s, t) for s in sources for t in targets]
     return sorted(
-        tables + through_views,
+        direct + derived,
         key=lambda r: (
             collation_key(r.name),
             collation_key(r.referenced_relation),
@@ -401,8 +371,27 @@ def _relationships(
     )
 
 
+def _seen_through(
+    key: Relationship,
+    source: tuple[Relation, tuple[str, ...]] | None,
+    target: tuple[Relation, tuple[str, ...]] | None,
+) -> Relationship:
+    """The foreign key from a view's columns, or to them, or both."""
+    if source is not None:
+        key = replace(key, schema=source[0].schema, relation=source[0].name, columns=source[1])
+    if target is not None:
+        view, columns = target
+        key = replace(
+            key,
+            referenced_schema=view.schema,
+            referenced_relation=view.name,
+            referenced_columns=columns,
+        )
+    return key
+
+
 def collation_key(text: str) -> tuple[Any, ...]:
-    """Sort like JavaScript's ``localeCompare`` (ICU root order) for identifier-like text:
+    """Sort like JavaScript's ``localeCompare`` (ICU's root order) for identifier-like text:
     punctuation, then digits, then letters; accents, then case (lower first) break ties."""
     punctuation = "_-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$"
 
@@ -424,12 +413,12 @@ def collation_key(text: str) -> tuple[Any, ...]:
     )
 
 
-# ----------------------------------------------------------------------- TypeScript types
+# ------------------------------------------------------------------------ TypeScript types
 
 
 @dataclass(frozen=True)
 class Lit:
-    """A type printed as it is: a keyword, a string literal, an indexed access."""
+    """A type written as it is: a keyword, a string literal, an indexed access."""
 
     text: str
     reference: bool = False  # a named type such as `Json`: `Json | null` stays on one line
@@ -445,8 +434,8 @@ class Member:
 @dataclass(frozen=True)
 class Obj:
     members: tuple[Member, ...]
-    expanded: bool = False  # postgres-meta put a newline after `{`: prettier keeps it broken
-    expression: bool = False  # an object literal (`Constants`), not a type
+    expanded: bool = False  # postgres-meta writes a newline after `{`: prettier keeps it
+    expression: bool = False  # an object literal (`Constants`), not an object type
 
 
 @dataclass(frozen=True)
@@ -471,14 +460,13 @@ class Intersection:
 
 Node = Lit | Obj | Union | ArrayOf | Tuple | Intersection
 NULL, UNKNOWN, NEVER = Lit("null"), Lit("unknown"), Lit("never")
-NEVER_MAP = Lit("{ [_ in never]: never }")  # an empty section, always printed on 3 lines
+TRUE, FALSE = Lit("true"), Lit("false")
+NEVER_MAP = Lit("{ [_ in never]: never }")  # an empty section, always on three lines
 
 
 def union(types: Iterable[Node]) -> Node:
-    flat = tuple(
-        itertools.chain.from_iterable(t.types if isinstance(t, Union) else (t,) for t in types)
-    )
-    return flat[0] if len(flat) == 1 else Union(flat)
+    flat = [part for t in types for part in (t.types if isinstance(t, Union) else (t,))]
+    return flat[0] if len(flat) == 1 else Union(tuple(flat))
 
 
 def nullable(node: Node) -> Node:
@@ -486,7 +474,8 @@ def nullable(node: Node) -> Node:
 
 
 def string(value: str) -> Lit:
-    """A string literal quoted as prettier would: double quotes unless that means more escapes."""
+    """A string literal, quoted as prettier quotes it (double quotes unless that means more
+    escapes)."""
     content = json.dumps(value, ensure_ascii=False)[1:-1]
     if content.count('"') <= content.count("'"):
         return Lit(f'"{content}"')
@@ -497,19 +486,22 @@ def obj(members: Iterable[tuple[str, Node] | Member], *, expanded: bool = True) 
     return Obj(tuple(m if isinstance(m, Member) else Member(*m) for m in members), expanded)
 
 
-# --------------------------------------------------------------- a printer like prettier's
+def literal(members: Iterable[tuple[str, Node]]) -> Obj:
+    return Obj(tuple(Member(*m) for m in members), expanded=True, expression=True)
+
+
+# ------------------------------------------------------------- layout, as prettier does it
 
 
 @dataclass(frozen=True)
 class Line:
-    soft: bool = False  # nothing when flat (a plain line is a space)
+    soft: bool = False  # flat, nothing; a plain line is a space
     hard: bool = False
 
 
 @dataclass(frozen=True)
 class Indent:
     contents: Doc
-    width: int = 2
 
 
 @dataclass(frozen=True)
@@ -519,8 +511,8 @@ class IfBreak:
 
 
 class Group:
-    """Printed on one line if it fits, else with its lines broken; a group that must break
-    (or holds one that must) breaks every group around it, as prettier propagates breaks."""
+    """On one line if it fits, else with its lines broken. A group that must break (or
+    holds one that must) breaks every group around it, as prettier propagates breaks."""
 
     def __init__(self, contents: Doc, *, should_break: bool = False) -> None:
         self.contents = contents
@@ -528,36 +520,32 @@ class Group:
 
 
 Doc = str | list["Doc"] | Line | Indent | IfBreak | Group
-LINE, SOFTLINE, HARDLINE = Line(), Line(soft=True), Line(hard=True)
-WIDTH = 80
+LINE, SOFTLINE = Line(), Line(soft=True)
+WIDTH = 80  # prettier's printWidth
+_Command = tuple[int, bool, Doc]  # indentation, flat?, doc
 
 
 def _forces_break(doc: Doc) -> bool:
     if isinstance(doc, list):
         return any(_forces_break(part) for part in doc)
-    if isinstance(doc, Group):
-        return doc.broken
     if isinstance(doc, Indent):
         return _forces_break(doc.contents)
     if isinstance(doc, IfBreak):
         return _forces_break(doc.broken) or _forces_break(doc.flat)
-    return isinstance(doc, Line) and doc.hard
+    return (isinstance(doc, Group) and doc.broken) or (isinstance(doc, Line) and doc.hard)
 
 
-def _text_width(text: str) -> int:
+def _width(text: str) -> int:
     return sum(
         0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
         for c in text
     )
 
 
-_Command = tuple[int, bool, Doc]  # indentation, flat?, doc
-
-
 def _fits(command: _Command, rest: list[_Command], width: int) -> bool:
-    """Whether ``command`` printed flat, and what follows it up to the next line break,
+    """Whether ``command`` laid out flat, and what follows it up to the next line break,
     stays within ``width`` (prettier's ``fits``)."""
-    stack, rest_index, pending_space = [command], len(rest), False
+    stack, rest_index, pending_space = [command], len(rest), 0
     while width >= 0:
         if not stack:
             if rest_index == 0:
@@ -568,8 +556,8 @@ def _fits(command: _Command, rest: list[_Command], width: int) -> bool:
         indent, flat, doc = stack.pop()
         if isinstance(doc, str):
             if doc:
-                width -= _text_width(doc) + pending_space
-                pending_space = False
+                width -= _width(doc) + pending_space
+                pending_space = 0
         elif isinstance(doc, list):
             stack.extend((indent, flat, part) for part in reversed(doc))
         elif isinstance(doc, Indent):
@@ -581,11 +569,12 @@ def _fits(command: _Command, rest: list[_Command], width: int) -> bool:
         elif not flat or doc.hard:
             return True
         elif not doc.soft:
-            pending_space = True
+            pending_space = 1
     return False
 
 
 def render(doc: Doc) -> str:
+    """The text of ``doc``: prettier's printer, for the documents built here."""
     out: list[str] = []
     position = 0
     commands: list[_Command] = [(0, False, doc)]
@@ -593,11 +582,11 @@ def render(doc: Doc) -> str:
         indent, flat, doc = commands.pop()
         if isinstance(doc, str):
             out.append(doc)
-            position += _text_width(doc)
+            position += _width(doc)
         elif isinstance(doc, list):
             commands.extend((indent, flat, part) for part in reversed(doc))
         elif isinstance(doc, Indent):
-            commands.append((indent + doc.width, flat, doc.contents))
+            commands.append((indent + 2, flat, doc.contents))
         elif isinstance(doc, Group):
             fits = flat or (
                 not doc.broken and _fits((indent, True, doc.contents), commands, WIDTH - position)
@@ -606,12 +595,11 @@ def render(doc: Doc) -> str:
         elif isinstance(doc, IfBreak):
             commands.append((indent, flat, doc.flat if flat else doc.broken))
         elif flat and not doc.hard:
-            if not doc.soft:
-                out.append(" ")
-                position += 1
+            out.append("" if doc.soft else " ")
+            position += not doc.soft
         else:
-            while out and out[-1].endswith((" ", "\t")):  # no trailing whitespace
-                out[-1] = out[-1].rstrip(" \t")
+            while out and out[-1].endswith(" "):  # no trailing whitespace
+                out[-1] = out[-1].rstrip(" ")
                 if not out[-1]:
                     out.pop()
             out.append("\n" + " " * indent)
@@ -620,26 +608,31 @@ def render(doc: Doc) -> str:
 
 
 def _key(name: str) -> str:
-    """Property names unquoted where prettier unquotes them (ES5 identifier names)."""
+    """A property name, unquoted where prettier unquotes it (an ES5 identifier name)."""
     quoted = string(name).text
-    plain = name.replace("$", "_")
-    return name if plain.isidentifier() and quoted[1:-1] == name else quoted
+    return name if name.replace("$", "_").isidentifier() and quoted[1:-1] == name else quoted
+
+
+def _joined(separator: Doc, docs: Iterable[Doc]) -> list[Doc]:
+    parts: list[Doc] = []
+    for doc in docs:
+        parts += [separator, doc] if parts else [doc]
+    return parts
 
 
 def to_doc(node: Node) -> Doc:
+    """The layout prettier gives ``node`` (its object, union, tuple and intersection rules)."""
+    if node is NEVER_MAP:
+        return Group(["{", Indent([LINE, "[_ in never]: never"]), LINE, "}"], should_break=True)
     if isinstance(node, Lit):
-        if node is NEVER_MAP:
-            return Group(["{", Indent([LINE, "[_ in never]: never"]), LINE, "}"], should_break=True)
         return node.text
     if isinstance(node, Obj):
         if not node.members:
             return "{}"
-        separator: Doc = [",", LINE] if node.expression else [IfBreak("", ";"), LINE]
-        members: list[Doc] = []
-        for member in node.members:
-            members += [separator] if members else []
-            members.append([_key(member.key), "?" if member.optional else "", ": "])
-            members.append(to_doc(member.type))
+        members = _joined(
+            [",", LINE] if node.expression else [IfBreak("", ";"), LINE],
+            ([_key(m.key), "?" if m.optional else "", ": ", to_doc(m.type)] for m in node.members),
+        )
         trailing = IfBreak(",") if node.expression else ""
         return Group(
             ["{", Indent([LINE, *members]), trailing, LINE, "}"], should_break=node.expanded
@@ -647,37 +640,35 @@ def to_doc(node: Node) -> Doc:
     if isinstance(node, Union):
         return _union_doc(node)
     if isinstance(node, ArrayOf):
-        element = to_doc(node.element)
         if isinstance(node.element, Union) and not _hugs(node.element):
-            element = ["(", Group([Indent([SOFTLINE, _union_doc(node.element, bare=True)]),
-                                   SOFTLINE]), ")"]  # fmt: skip
-        return [element, "[]"]
+            inner = Group([Indent([SOFTLINE, _union_doc(node.element, bare=True)]), SOFTLINE])
+            return ["(", inner, ")[]"]
+        return [to_doc(node.element), "[]"]
     if isinstance(node, Tuple):
         if not node.items:
             return "[]"
-        items = list(itertools.chain.from_iterable(([",", LINE], to_doc(i)) for i in node.items))
-        return Group(["[", Indent([SOFTLINE, *items[1:]]), IfBreak(","), SOFTLINE, "]"])
-    first, *others = (to_doc(t) for t in node.types)
-    return Group([first, *itertools.chain.from_iterable((" & ", d) for d in others)])
+        items = _joined([",", LINE], (to_doc(item) for item in node.items))
+        return Group(["[", Indent([SOFTLINE, *items]), IfBreak(","), SOFTLINE, "]"])
+    return Group(_joined(" & ", (to_doc(t) for t in node.types)))
 
 
 def _hugs(node: Union) -> bool:
-    """`{ ... } | null` and `Json | null` are printed inline, never one member a line."""
+    """`{ ... } | null` and `Json | null` stay inline, never one member a line."""
     objects = [t for t in node.types if isinstance(t, Obj) or (isinstance(t, Lit) and t.reference)]
     return bool(objects) and all(t is objects[0] or t == NULL for t in node.types)
 
 
 def _union_doc(node: Union, *, bare: bool = False) -> Doc:
     if _hugs(node):
-        return list(itertools.chain.from_iterable((" | ", to_doc(t)) for t in node.types))[1:]
+        return _joined(" | ", (to_doc(t) for t in node.types))
     parts: list[Doc] = []
     for index, member in enumerate(node.types):
-        parts += [IfBreak("| ") if index == 0 else [LINE, "| "], Indent(to_doc(member), width=2)]
+        parts += [IfBreak("| ") if index == 0 else [LINE, "| "], Indent(to_doc(member))]
     printed = Group(parts)
     return printed if bare else Group(Indent([SOFTLINE, printed]))
 
 
-# -------------------------------------------------------- the catalog as postgres-meta types
+# ------------------------------------------------------------- postgres-meta's template
 
 _SCALARS = {
     "bool": "boolean",
@@ -699,115 +690,119 @@ _SCALARS = {
             "interval",
         ],
         "string",
-    ),  # fmt: skip
+    ),
     "void": "undefined",
 }
+_CANNOT_CHOOSE = (
+    "Could not choose the best candidate function between: {}. Try renaming the parameters "
+    "or the function itself in the database so function overloading can be resolved"
+)
 
 
 def _ref(*path: str) -> Lit:
     return Lit("Database" + "".join(f"[{string(part).text}]" for part in path))
 
 
-class _Builder:
-    """postgres-meta's typescript template, as type nodes instead of text."""
+def _boolean(value: bool) -> Lit:
+    return TRUE if value else FALSE
+
+
+class _Template:
+    """postgres-meta's typescript template, building type nodes instead of text."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.types = {t.oid: t for t in catalog.types}
-        self.relation_names = {r.oid: r.name for r in catalog.relations}
-        by_schema: dict[str, list[Function]] = defaultdict(list)
+        self.functions: dict[str, list[Function]] = defaultdict(list)
         for fn in sorted(catalog.functions, key=lambda fn: collation_key(fn.name)):
-            if self._exposed(fn):
-                by_schema[fn.schema].append(fn)
-        self.functions = by_schema
+            if self._callable(fn):
+                self.functions[fn.schema].append(fn)
 
     def ts_type(self, schema: str, name: str) -> Node:
-        """The TypeScript for a PostgreSQL type, found by name as postgres-meta finds it."""
-        if name in ("json", "jsonb"):
-            return Lit("Json", reference=True)
-        if name == "record":
-            return Lit("Record<string, unknown>", reference=True)
+        """The TypeScript for a PostgreSQL type, found by name as postgres-meta finds it
+        (in ``schema`` first): scalars, arrays, enums, composite types, row types."""
+        if name in ("json", "jsonb", "record"):
+            return Lit("Record<string, unknown>" if name == "record" else "Json", reference=True)
         if name in _SCALARS:
             return Lit(_SCALARS[name])
         if name.startswith("_"):
             return ArrayOf(self.ts_type(schema, name[1:]))
-        enum = self._named(schema, (t for t in self.catalog.types if t.name == name and t.enums))
-        if enum is not None:
-            if enum.schema in self.catalog.schemas:
-                return _ref(enum.schema, "Enums", enum.name)
+        types, relations = self.catalog.types, self.catalog.relations
+        enum = _pick(schema, [t for t in types if t.name == name and t.enums])
+        if enum is not None and enum.schema not in self.catalog.schemas:
             return union(string(label) for label in enum.enums)
-        candidates: list[tuple[str, Iterable[Any]]] = [
-            ("CompositeTypes", (t for t in self.catalog.types if t.name == name and t.attributes)),
-            ("Tables", (r for r in self.catalog.relations if r.name == name and r.kind in "rp")),
-            ("Views", (r for r in self.catalog.relations if r.name == name and r.kind == "v")),
+        kinds: list[tuple[str, list[Any]]] = [
+            ("Enums", [enum] if enum else []),
+            ("CompositeTypes", [t for t in types if t.name == name and t.attributes]),
+            ("Tables", [r for r in relations if r.name == name and r.kind in "rp"]),
+            ("Views", [r for r in relations if r.name == name and r.kind == "v"]),
         ]
-        for section, found in candidates:
-            match = self._named(schema, found)
-            if match is not None:
+        for section, found in kinds:
+            if (match := _pick(schema, found)) is not None:
                 if match.schema not in self.catalog.schemas:
                     return UNKNOWN
-                if section == "CompositeTypes":
-                    return _ref(match.schema, section, match.name)
-                return _ref(match.schema, section, match.name, "Row")
+                row = ("Row",) if section in ("Tables", "Views") else ()
+                return _ref(match.schema, section, match.name, *row)
         return UNKNOWN
-
-    @staticmethod
-    def _named(schema: str, found: Iterable[Any]) -> Any:
-        """The one in ``schema`` if there is one, else the first."""
-        found = list(found)
-        return next((f for f in found if f.schema == schema), found[0] if found else None)
 
     def type_of(self, schema: str, oid: int) -> Node:
         pg_type = self.types.get(oid)
         return UNKNOWN if pg_type is None else self.ts_type(schema, pg_type.name)
 
-    def _exposed(self, fn: Function) -> bool:
-        """Whether PostgREST can call it: named inputs, or a lone unnamed json/text/row one."""
-        inputs = fn.inputs
-        unnamed = [arg for arg in inputs if not arg.name]
-        if not unnamed or all(a.has_default and a.type_oid in _UNNAMED_ARG_TYPES for a in unnamed):
-            return True
-        return len(inputs) == 1 and (
-            inputs[0].type_oid in _UNNAMED_ARG_TYPES or self._row_type(inputs[0].type_oid)
-        )
+    def _type_name(self, oid: int) -> str:
+        pg_type = self.types.get(oid)
+        return pg_type.name if pg_type else "unknown"
 
     def _row_type(self, oid: int) -> PgType | None:
         pg_type = self.types.get(oid)
         return pg_type if pg_type is not None and pg_type.relation else None
 
+    def _callable(self, fn: Function) -> bool:
+        """Whether PostgREST can call it: named inputs only, or a lone unnamed json, text or
+        row one (unnamed inputs with defaults of those types are fine too)."""
+        inputs = fn.inputs
+        unnamed = [a for a in inputs if not a.name]
+        if all(a.has_default and a.type_oid in _UNNAMED_ARG_TYPES for a in unnamed):
+            return True
+        return len(inputs) == 1 and (
+            inputs[0].type_oid in _UNNAMED_ARG_TYPES
+            or self._row_type(inputs[0].type_oid) is not None
+        )
+
     def _returned_relation(self, fn: Function) -> str | None:
+        """The table, view or composite type whose rows the function returns."""
         if not fn.return_relation:
             return None
-        if fn.return_relation in self.relation_names:
-            return self.relation_names[fn.return_relation]
+        for relation in self.catalog.relations:
+            if relation.oid == fn.return_relation:
+                return relation.name
         row_type = self._row_type(fn.return_type_oid)
         return row_type.name if row_type else None
 
-    # ------------------------------------------------------------------ relations
+    # -------------------------------------------------------------------- relations
 
     def column(self, schema: str, column: Column, *, optional: bool, nullable_: bool) -> Member:
         node = self.ts_type(schema, column.type_name)
         return Member(column.name, nullable(node) if nullable_ else node, optional)
 
-    def columns(self, relation: Relation) -> list[Column]:
-        return sorted(relation.columns, key=lambda column: collation_key(column.name))
-
-    def row(self, relation: Relation) -> Obj:
-        schema = relation.schema
+    def row(self, schema: str, relation: Relation, *, computed: bool = True) -> Obj:
+        """The columns, then the functions of the row (PostgREST's computed fields)."""
         members = [
             self.column(schema, c, optional=False, nullable_=c.nullable)
-            for c in self.columns(relation)
+            for c in relation.sorted_columns()
         ]
+        functions = self.functions[schema] if computed else []
         members += [
             Member(fn.name, nullable(self.returns(schema, fn)))
-            for fn in self.functions[schema]
+            for fn in functions
             if fn.argument_types == relation.name
-        ]  # computed fields: functions of the row
+        ]
         return obj(members)
 
     def writes(self, relation: Relation, *, insert: bool) -> Obj:
+        """Insert or Update: what may (or must) be written to each column."""
         members = []
-        for c in self.columns(relation):
+        for c in relation.sorted_columns():
             if c.identity == "a" or (relation.kind == "v" and not c.updatable):
                 members.append(Member(c.name, NEVER, optional=True))
             elif relation.kind == "v":
@@ -819,124 +814,95 @@ class _Builder:
                 )
         return obj(members)
 
-    def relationships(self, relation: Relation) -> Tuple:
-        return Tuple(
-            tuple(
-                obj(
-                    [
-                        ("foreignKeyName", string(r.name)),
-                        ("columns", Tuple(tuple(string(c) for c in r.columns))),
-                        ("isOneToOne", Lit("true" if r.one_to_one else "false")),
-                        ("referencedRelation", string(r.referenced_relation)),
-                        (
-                            "referencedColumns",
-                            Tuple(tuple(string(c) for c in r.referenced_columns)),
-                        ),
-                    ]
-                )
-                for r in self.catalog.relationships
-                if r.schema == relation.schema == r.referenced_schema
-                and r.relation == relation.name
-            )
-        )
-
     def relation(self, relation: Relation) -> Obj:
-        members = [("Row", self.row(relation))]
+        keys = [
+            obj(
+                [
+                    ("foreignKeyName", string(r.name)),
+                    ("columns", Tuple(tuple(map(string, r.columns)))),
+                    ("isOneToOne", _boolean(r.one_to_one)),
+                    ("referencedRelation", string(r.referenced_relation)),
+                    ("referencedColumns", Tuple(tuple(map(string, r.referenced_columns)))),
+                ]
+            )
+            for r in self.catalog.relationships
+            if r.schema == relation.schema == r.referenced_schema and r.relation == relation.name
+        ]
+        members = [("Row", self.row(relation.schema, relation))]
         if relation.kind in "rpf" or relation.updatable:
-            members += [
-                ("Insert", self.writes(relation, insert=True)),
-                ("Update", self.writes(relation, insert=False)),
-            ]
-        return obj([*members, ("Relationships", self.relationships(relation))])
+            members.append(("Insert", self.writes(relation, insert=True)))
+            members.append(("Update", self.writes(relation, insert=False)))
+        return obj([*members, ("Relationships", Tuple(tuple(keys)))])
 
-    # ------------------------------------------------------------------ functions
+    # -------------------------------------------------------------------- functions
 
     def returns(self, schema: str, fn: Function) -> Node:
-        table = [arg for arg in fn.args if arg.mode == "table"]
-        if table:
-            return obj((arg.name, self.type_of(schema, arg.type_oid)) for arg in table)
-        relation = next(
-            (
-                r
-                for r in self.catalog.relations
-                if r.oid == fn.return_relation and r.schema == schema
-            ),
-            None,
-        )
-        if relation is not None:
-            return obj(
-                self.column(schema, c, optional=False, nullable_=c.nullable)
-                for c in self.columns(relation)
-            )
+        """A `RETURNS TABLE`'s fields, a relation's row, or the returned type."""
+        if fields := [a for a in fn.args if a.mode == "table"]:
+            return obj((a.name, self.type_of(schema, a.type_oid)) for a in fields)
+        for relation in self.catalog.relations:
+            if relation.oid == fn.return_relation and relation.schema == schema:
+                return self.row(schema, relation, computed=False)
         return self.type_of(schema, fn.return_type_oid)
 
+    def problem(self, schema: str, fns: list[Function], fn: Function) -> str | None:
+        """Why PostgREST cannot tell this overload from another one, or cannot call it."""
+        inputs, others = fn.inputs, [other for other in fns if other is not fn]
+        if not inputs:
+            for o in others:
+                if len(o.inputs) == 1 and not o.inputs[0].name and o.inputs[0].has_default:
+                    returned = self._type_name(o.return_type_oid)
+                    return _CANNOT_CHOOSE.format(
+                        f"{schema}.{fn.name}(), {schema}.{fn.name}( => {returned})"
+                    )
+        elif len(inputs) == 1 and inputs[0].name:
+            (arg,) = inputs
+            clash = [
+                o
+                for o in others
+                if [a.name for a in o.inputs] == [arg.name] and o.inputs[0].type_oid != arg.type_oid
+            ]
+            if clash:
+                calls = [
+                    f"{schema}.{fn.name}({a.name} => {self._type_name(a.type_oid)})"
+                    for a in sorted((f.inputs[0] for f in [fn, *clash]), key=lambda a: a.type_oid)
+                ]
+                return _CANNOT_CHOOSE.format(", ".join(calls))
+        if (
+            len(inputs) == 1
+            and not inputs[0].name
+            and self._row_type(inputs[0].type_oid)
+            and not self._returned_relation(fn)
+        ):
+            return (
+                f"the function {schema}.{fn.name} with parameter or with a single unnamed "
+                "json/jsonb parameter, but no matches were found in the schema cache"
+            )
+        return None
+
     def setof_options(self, fn: Function, returned: str | None, many: bool) -> Obj | None:
-        """What supabase-js needs to embed or select into a function's rows."""
-        options = None
-        if returned:
-            options = ("*", returned, not many, fn.returns_set)
-        row_type = self._row_type(fn.args[0].type_oid) if len(fn.args) == 1 else None
-        if row_type is not None and returned:
-            in_set = fn.returns_set and fn.return_relation is not None
-            options = (row_type.format, returned, not many if in_set else True, in_set)
-        if options is None:
+        """What supabase-js needs to select from (or embed) the rows a function returns."""
+        if not returned:
             return None
-        source, target, one, in_set = options
+        source, one, in_set = "*", not many, fn.returns_set
+        row_type = self._row_type(fn.args[0].type_oid) if len(fn.args) == 1 else None
+        if row_type is not None:  # a function of one row: embeddable from that relation
+            in_set = fn.returns_set and fn.return_relation is not None
+            source, one = row_type.format, not many if in_set else True
         return obj(
             [
                 ("from", string(source)),
-                ("to", string(target)),
-                ("isOneToOne", Lit("true" if one else "false")),
-                ("isSetofReturn", Lit("true" if in_set else "false")),
+                ("to", string(returned)),
+                ("isOneToOne", _boolean(one)),
+                ("isSetofReturn", _boolean(in_set)),
             ]
         )
 
-    def problem(self, schema: str, fns: list[Function], fn: Function) -> str | None:
-        """Why PostgREST cannot tell this overload from another, or cannot call it."""
-        inputs = fn.inputs
-        others = [other for other in fns if other is not fn]
-        if not inputs:
-            clash = [o for o in others if len(o.inputs) == 1 and not o.inputs[0].name
-                     and o.inputs[0].has_default]  # fmt: skip
-            if clash:
-                pg_type = self.types.get(clash[0].return_type_oid)
-                returned = pg_type.name if pg_type else "unknown"
-                return (f"Could not choose the best candidate function between: {schema}."
-                        f"{fn.name}(), {schema}.{fn.name}( => {returned}). {_RENAME}")  # fmt: skip
-        elif len(inputs) == 1 and inputs[0].name:
-            clash = [o for o in others if len(o.inputs) == 1 and o.inputs[0].name == inputs[0].name
-                     and o.inputs[0].type_oid != inputs[0].type_oid]  # fmt: skip
-            if clash:
-                listed = sorted([fn, *clash], key=lambda f: f.inputs[0].type_oid)
-                calls = ", ".join(
-                    f"{schema}.{fn.name}("
-                    + ", ".join(f"{a.name} => {self._type_name(a.type_oid)}" for a in f.inputs)
-                    + ")"
-                    for f in listed
-                )
-                return f"Could not choose the best candidate function between: {calls}. {_RENAME}"
-        if (len(inputs) == 1 and not inputs[0].name and self._row_type(inputs[0].type_oid)
-                and not self._returned_relation(fn)):  # fmt: skip
-            return (f"the function {schema}.{fn.name} with parameter or with a single unnamed "
-                    "json/jsonb parameter, but no matches were found in the schema cache")  # fmt: skip
-        return None
-
-    def _type_name(self, oid: int) -> str:
-        pg_type = self.types.get(oid)
-        return pg_type.name if pg_type else "unknown"
-
     def signature(self, schema: str, fns: list[Function], fn: Function) -> Obj:
-        inputs = fn.inputs
-        args: Node = NEVER
-        if inputs:
-            args = Obj(
-                tuple(
-                    Member(a.name, self.type_of(schema, a.type_oid), a.has_default) for a in inputs
-                )
-            )
+        args = [Member(a.name, self.type_of(schema, a.type_oid), a.has_default) for a in fn.inputs]
         problem = self.problem(schema, fns, fn)
         returns = (
-            Intersection((Obj((Member("error", Lit("true")),)), string(problem)))
+            Intersection((Obj((Member("error", TRUE),)), string(problem)))
             if problem
             else self.returns(schema, fn)
         )
@@ -944,81 +910,73 @@ class _Builder:
         many = fn.row_estimate is not None and fn.row_estimate > 1
         if fn.returns_set and (many or returned is None):
             returns = _array_of_last(returns)
-        members = [Member("Args", args), Member("Returns", returns)]
-        options = self.setof_options(fn, returned, many)
-        if options is not None:
+        members = [Member("Args", Obj(tuple(args)) if args else NEVER), Member("Returns", returns)]
+        if (options := self.setof_options(fn, returned, many)) is not None:
             members.append(Member("SetofOptions", options))
         return Obj(tuple(members))
 
-    def functions_node(self, schema: str) -> Node:
-        if not self.functions[schema]:
-            return NEVER_MAP
+    def functions_of(self, schema: str) -> list[tuple[str, Node]]:
+        """Each name's signature; overloads as a union, ordered by their arguments."""
         members = []
-        for name, group in itertools.groupby(self.functions[schema], key=lambda fn: fn.name):
+        for name, same_name in itertools.groupby(self.functions[schema], key=lambda fn: fn.name):
             fns = sorted(
-                group, key=lambda f: (collation_key(f.argument_types), collation_key(f.return_type))
+                same_name,
+                key=lambda f: (collation_key(f.argument_types), collation_key(f.return_type)),
             )
             members.append((name, union(self.signature(schema, fns, fn) for fn in fns)))
-        return obj(members)
+        return members
 
-    # ------------------------------------------------------------------ schemas
+    # -------------------------------------------------------------------- the whole
 
-    def schema_node(self, schema: str) -> Obj:
+    def _types(self, schema: str) -> list[PgType]:
+        found = (t for t in self.catalog.types if t.schema == schema)
+        return sorted(found, key=lambda t: collation_key(t.name))
+
+    def schema(self, schema: str) -> Obj:
         relations = sorted(
             (r for r in self.catalog.relations if r.schema == schema),
             key=lambda r: collation_key(r.name),
         )
-        tables = [(r.name, self.relation(r)) for r in relations if r.kind in "rpf"]
-        views = [(r.name, self.relation(r)) for r in relations if r.kind in "vm"]
-        types = sorted(
-            (t for t in self.catalog.types if t.schema == schema),
-            key=lambda t: collation_key(t.name),
-        )
-        enums = [(t.name, union(string(label) for label in t.enums)) for t in types if t.enums]
-        composites = [
-            (t.name, obj((name, nullable(self.type_of(schema, oid))) for name, oid in t.attributes))
-            for t in types
-            if t.attributes
-        ]
-        return obj(
-            [
-                ("Tables", obj(tables) if tables else NEVER_MAP),
-                ("Views", obj(views) if views else NEVER_MAP),
-                ("Functions", self.functions_node(schema)),
-                ("Enums", obj(enums) if enums else NEVER_MAP),
-                ("CompositeTypes", obj(composites) if composites else NEVER_MAP),
-            ]
-        )
+        types = self._types(schema)
+        sections: dict[str, list[tuple[str, Node]]] = {
+            "Tables": [(r.name, self.relation(r)) for r in relations if r.kind in "rpf"],
+            "Views": [(r.name, self.relation(r)) for r in relations if r.kind in "vm"],
+            "Functions": self.functions_of(schema),
+            "Enums": [(t.name, union(map(string, t.enums))) for t in types if t.enums],
+            "CompositeTypes": [
+                (t.name, obj((a, nullable(self.type_of(schema, oid))) for a, oid in t.attributes))
+                for t in types
+                if t.attributes
+            ],
+        }
+        return obj((name, obj(found) if found else NEVER_MAP) for name, found in sections.items())
 
-    def constants_node(self) -> Obj:
+    def database(self) -> Obj:
+        return obj((schema, self.schema(schema)) for schema in self.catalog.schemas)
+
+    def constants(self) -> Obj:
+        """Every enum's labels, for the app to list at run time."""
+
         def enums(schema: str) -> Obj:
-            found = sorted(
-                (t for t in self.catalog.types if t.schema == schema and t.enums),
-                key=lambda t: collation_key(t.name),
-            )
-            return _literal([(t.name, Tuple(tuple(string(e) for e in t.enums))) for t in found])
+            found = [t for t in self._types(schema) if t.enums]
+            return literal((t.name, Tuple(tuple(map(string, t.enums)))) for t in found)
 
-        return _literal([(s, _literal([("Enums", enums(s))])) for s in self.catalog.schemas])
+        return literal((s, literal([("Enums", enums(s))])) for s in self.catalog.schemas)
 
 
-_RENAME = (
-    "Try renaming the parameters or the function itself in the database so function "
-    "overloading can be resolved"
-)
-
-
-def _literal(members: list[tuple[str, Node]]) -> Obj:
-    return Obj(tuple(Member(*m) for m in members), expanded=True, expression=True)
+def _pick(schema: str, found: list[Any]) -> Any:
+    """The one in ``schema`` if there is one, else the first (postgres-meta's choice)."""
+    return next((f for f in found if f.schema == schema), found[0] if found else None)
 
 
 def _array_of_last(node: Node) -> Node:
-    """postgres-meta appends `[]` to the text of the type, so it binds to the last member."""
+    """postgres-meta appends `[]` to the type's text, so it binds to the last member."""
     if isinstance(node, Union | Intersection):
         return type(node)((*node.types[:-1], _array_of_last(node.types[-1])))
     return ArrayOf(node)
 
 
-# -------------------------------------------------------------------------- the file
+# ----------------------------------------------------------------------------- the file
 
 _JSON = """\
 export type Json =
@@ -1149,27 +1107,23 @@ export type CompositeTypes<
 
 
 def generate(conn: psycopg.Connection[Any], schemas: Sequence[str] = DEFAULT_SCHEMAS) -> str:
-    """The TypeScript module for the database behind ``conn``, schemas missing from it
-    left out. The same catalog always gives the same text (everything is sorted)."""
-    catalog = read_catalog(conn, schemas)
-    builder = _Builder(catalog)
-    database = obj((schema, builder.schema_node(schema)) for schema in catalog.schemas)
-    parts = [
-        _JSON,
-        render(["export type Database = ", to_doc(database)]) + "\n",
-        _HELPERS,
-        render(["export const Constants = ", to_doc(builder.constants_node()), " as const"]) + "\n",
-        _portraitkit_exports(catalog),
-    ]
+    """The TypeScript module for the database behind ``conn`` (schemas it lacks are left
+    out). The same catalog always gives the same text: everything is sorted."""
+    template = _Template(read_catalog(conn, schemas))
+    database = render(["export type Database = ", to_doc(template.database())])
+    constants = render(["export const Constants = ", to_doc(template.constants()), " as const"])
+    parts = [_JSON, database + "\n", _HELPERS, constants + "\n", _portraitkit(template.catalog)]
     return "\n".join(parts)
 
 
-def _portraitkit_exports(catalog: Catalog) -> str:
+def _portraitkit(catalog: Catalog) -> str:
     """What portraitkit adds after the CLI's output: error codes and row aliases."""
     codes = sorted(ERRORS_BY_CODE, key=collation_key)
+    public = {r.name for r in catalog.relations if r.schema == "public"}
+    enums = {t.name for t in catalog.types if t.schema == "public" and t.enums}
     lines = [
-        "// portraitkit: the stable `code` of every error the contract answers with,",
-        "// and the HTTP status it comes with (portraitkit.errors).",
+        "// portraitkit: the stable `code` of every error the contract answers with, and the",
+        "// HTTP status that comes with it (portraitkit.errors).",
         "export type ErrorCode =",
         *(f"  | {string(code).text}" for code in codes),
         "",
@@ -1177,9 +1131,15 @@ def _portraitkit_exports(catalog: Catalog) -> str:
         *(f"  {_key(code)}: {ERRORS_BY_CODE[code].http_status}," for code in codes),
         "}",
         "",
+        *(
+            f'export type {a} = Tables<"{name}">'
+            for a, name in ROW_ALIASES.items()
+            if name in public
+        ),
+        *(
+            f'export type {a} = Enums<"{name}">'
+            for a, name in ENUM_ALIASES.items()
+            if name in enums
+        ),
     ]
-    public = {r.name for r in catalog.relations if r.schema == "public"}
-    enums = {t.name for t in catalog.types if t.schema == "public" and t.enums}
-    aliases = [f'export type {a} = Tables<"{n}">' for a, n in ROW_ALIASES.items() if n in public]
-    aliases += [f'export type {a} = Enums<"{n}">' for a, n in ENUM_ALIASES.items() if n in enums]
-    return "\n".join(lines + aliases) + ("\n" if aliases else "")
+    return "\n".join(lines) + "\n"

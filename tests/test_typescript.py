@@ -19,7 +19,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -66,10 +65,20 @@ def _npm_install(package: str, version: str, installed: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test runs)
         if not (prefix / installed).is_file():
             done = subprocess.run(
-                [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-                 "--loglevel=error", f"{package}@{version}"],
-                capture_output=True, text=True, timeout=NPM_TIMEOUT,
-            )  # fmt: skip
+                [
+                    npm,
+                    "install",
+                    "--prefix",
+                    str(prefix),
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    f"{package}@{version}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=NPM_TIMEOUT,
+            )
             assert done.returncode == 0, f"npm install {package}@{version} failed:\n{done.stderr}"
     return prefix
 
@@ -90,7 +99,9 @@ def tsc() -> Path:
 def postgres_meta() -> Path:
     """postgres-meta's server script, which prints the types and exits when asked to."""
     package = Path("node_modules") / "@supabase" / "postgres-meta"
-    prefix = _npm_install("@supabase/postgres-meta", POSTGRES_META_VERSION, package / "package.json")
+    prefix = _npm_install(
+        "@supabase/postgres-meta", POSTGRES_META_VERSION, package / "package.json"
+    )
     return prefix / package / "dist" / "server" / "server.js"
 
 
@@ -101,10 +112,10 @@ def generated(db_url: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path, generated: str) -> Iterator[Path]:
+def project(tmp_path: Path, generated: str) -> Path:
     """A folder with the generated module as ./database.types.ts, as the app keeps it."""
     (tmp_path / "database.types.ts").write_text(generated, encoding="utf-8")
-    yield tmp_path
+    return tmp_path
 
 
 def _compile(tsc: Path, project: Path, *files: str) -> subprocess.CompletedProcess[str]:
@@ -113,8 +124,11 @@ def _compile(tsc: Path, project: Path, *files: str) -> subprocess.CompletedProce
     options = ["--strict", "--noEmit", "--pretty", "false", "--lib", "es2022", "--skipLibCheck"]
     return subprocess.run(
         [str(tsc), *options, *files, "database.types.ts"],
-        cwd=project, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-    )  # fmt: skip
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
 
 
 def test_the_apps_usage_compiles_with_strict_typescript(tsc: Path, project: Path) -> None:
@@ -166,12 +180,15 @@ def test_database_type_is_what_the_supabase_cli_prints(
 
     done = subprocess.run(
         [node, str(postgres_meta)],
-        cwd=postgres_meta.parents[2], env=env, capture_output=True, text=True,
+        cwd=postgres_meta.parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=RUN_TIMEOUT,
-    )  # fmt: skip
+    )
 
     assert done.returncode == 0, done.stderr
-    assert '      create_generation_batch: {\n' in done.stdout
+    assert "      create_generation_batch: {\n" in done.stdout
     assert generated[: len(done.stdout)] == done.stdout
     assert generated[len(done.stdout) :].startswith("// portraitkit: ")
 
@@ -181,29 +198,45 @@ def test_names_sort_as_javascript_locale_compare() -> None:
 
     # The order Node prints for names.sort((x, y) => x.localeCompare(y)).
     assert sorted(names, key=collation_key) == [
-        "_x", "a", "A", "a_b", "a-b", "a1", "ab", "Ab", "b", "B", "u", "ü", "v", "x10", "x2",
-    ]  # fmt: skip
+        "_x",
+        "a",
+        "A",
+        "a_b",
+        "a-b",
+        "a1",
+        "ab",
+        "Ab",
+        "b",
+        "B",
+        "u",
+        "ü",
+        "v",
+        "x10",
+        "x2",
+    ]
 
 
-def test_cli_writes_the_types_to_a_file(db_url: str, generated: str, tmp_path: Path) -> None:
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, db_url: str) -> list[str]:
+    """The CLI's global options for the module's database; no other one from the environment
+    or a .env file."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_ANON_KEY", "PORTRAITKIT_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return ["--database-url", db_url, "--state-dir", str(tmp_path / "state")]
+
+
+def test_cli_writes_the_types_to_a_file(cli: list[str], generated: str, tmp_path: Path) -> None:
     target = tmp_path / "database.types.ts"
 
-    result = CliRunner().invoke(
-        app,
-        ["--database-url", db_url, "--state-dir", str(tmp_path / "state"),
-         "gen", "types", "typescript", "--output", str(target)],
-    )  # fmt: skip
+    result = CliRunner().invoke(app, [*cli, "gen", "types", "typescript", "--output", str(target)])
 
     assert result.exit_code == 0, result.output
     assert target.read_text(encoding="utf-8") == generated
 
 
-def test_cli_prints_the_types_without_output_file(db_url: str, generated: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        ["--database-url", db_url, "--state-dir", str(tmp_path / "state"),
-         "gen", "types", "typescript"],
-    )  # fmt: skip
+def test_cli_prints_the_types_without_output_file(cli: list[str], generated: str) -> None:
+    result = CliRunner().invoke(app, [*cli, "gen", "types", "typescript"])
 
     assert result.exit_code == 0, result.output
     assert result.stdout == generated
