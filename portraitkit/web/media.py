@@ -26,7 +26,10 @@ class MediaSigner:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def url(self, path: str, expires_in: int = 3600) -> str:
-        expires = int(time.time()) + expires_in
+        """A link valid for at least ``expires_in`` seconds. The expiry is rounded up to a
+        whole period, so the same image keeps the same URL for a while and browsers can
+        cache it instead of fetching it again on every page."""
+        expires = (int(time.time()) // expires_in + 2) * expires_in
         query = urlencode({"exp": expires, "sig": self._signature(path, expires)})
         return f"{MEDIA_PREFIX}{quote(path)}?{query}"
 

@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -43,9 +43,9 @@ from portraitkit import admin
 from portraitkit.errors import InvalidInput, NotAuthenticated, NotFound, PortraitkitError
 from portraitkit.models import BatchStatus
 from portraitkit.storage import MAX_SOURCE_BYTES
+from portraitkit.web.api import styles as style_catalogue
 from portraitkit.web.backend import Backend
 from portraitkit.web.events import BatchEvents
-from portraitkit.web.schemas import StyleCategory, StyleOut
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -79,7 +79,9 @@ def _local_time(moment: datetime) -> str:
     return moment.strftime("%-d %b %Y, %H:%M UTC")
 
 
-templates.env.globals.update(static=static_url, labels={str(k): v for k, v in STATUS_LABELS.items()})
+templates.env.globals.update(
+    static=static_url, labels={str(k): v for k, v in STATUS_LABELS.items()}
+)
 templates.env.filters["when"] = _local_time
 
 
@@ -87,6 +89,7 @@ def install_pages(app: FastAPI) -> None:
     """Add the pages' routes and static files to ``app``."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(router)
+    app.state.previews = Previews()
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,10 @@ async def _render(
     session: Session | None,
     *,
     status: int = 200,
+    balance: int | None = None,
     **context: Any,
 ) -> Response:
-    balance: int | None = context.pop("balance", None)
+    """The page, with the header's balance (read here unless the caller has it)."""
     if session is not None and balance is None:
         async with _backend(request).client(session.token, session.claims) as client:
             balance = await client.balance()
@@ -177,18 +181,31 @@ async def signin_page(request: Request, next: str | None = None) -> Response:
     return await _signin_form(request, _safe_next(next))
 
 
+def _local_signin(request: Request) -> bool:
+    """Signing in as any local user by name is for a developer's own machine: only in
+    embedded and direct-Postgres modes, and only from this machine (a server reachable from
+    elsewhere must not let anyone act as any user). Everyone else pastes a real token."""
+    if _backend(request).mode == "supabase" or request.client is None:
+        return False
+    try:
+        return ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _signin_form(
     request: Request, next_path: str, *, error: str | None = None, email: str = ""
 ) -> Response:
-    backend = _backend(request)
+    local = _local_signin(request)
     users: list[admin.UserAccount] = []
-    if backend.mode != "supabase":
-        users = await asyncio.to_thread(admin.list_users, backend.settings)
+    if local:
+        users = await asyncio.to_thread(admin.list_users, _backend(request).settings)
     return await _render(
         request,
         "signin.html",
         None,
         status=400 if error else 200,
+        local=local,
         users=users[-20:][::-1],  # the newest twenty
         next=next_path,
         error=error,
@@ -210,7 +227,7 @@ async def signin(request: Request) -> Response:
             if claims.get("role") != "authenticated":
                 raise NotAuthenticated("That token is not a signed-in user's.")
             ttl = max(60, int(claims["exp"]) - int(time.time()))
-        elif backend.mode != "supabase" and email:
+        elif _local_signin(request) and email:
             issued = await asyncio.to_thread(
                 admin.user_token, backend.settings, email, SESSION_SECONDS
             )
@@ -290,20 +307,12 @@ async def new_batch(request: Request) -> Response:
     session = await _session(request)
     if session is None:
         return _to_signin(request)
-    async with _backend(request).client(session.token, session.claims) as client:
-        catalogue = await client.styles()
-        balance = await client.balance()
-    categories = [
-        StyleCategory(category=name, styles=[StyleOut.model_validate(s.model_dump()) for s in group])
-        for name, group in groupby(catalogue, key=lambda s: s.category)
-    ]
     return await _render(
         request,
         "new.html",
         session,
-        balance=balance,
-        categories=categories,
-        previews=PREVIEWS.keys(),
+        categories=await style_catalogue(request),
+        previews=previewed_styles(),
         max_bytes=MAX_SOURCE_BYTES,
     )
 
@@ -364,6 +373,13 @@ async def _stream(
 # -- style previews ---------------------------------------------------------------------
 
 
+def previewed_styles() -> frozenset[str]:
+    """The styles the local generator can show on the sample portrait."""
+    from portraitkit.generators.styles import EFFECTS
+
+    return frozenset(EFFECTS)
+
+
 class Previews:
     """Each style shown on the sample portrait, drawn by the local generator on first
     request and kept in memory: the picker shows what a style does without shipping
@@ -374,13 +390,8 @@ class Previews:
         self._images: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
-    def keys(self) -> frozenset[str]:
-        from portraitkit.generators.styles import EFFECTS
-
-        return frozenset(EFFECTS)
-
     async def get(self, style_key: str) -> bytes | None:
-        if style_key not in self.keys():
+        if style_key not in previewed_styles():
             return None
         async with self._lock:  # one render at a time: the sample is drawn once, then reused
             if style_key not in self._images:
@@ -401,12 +412,10 @@ class Previews:
         return out.getvalue()
 
 
-PREVIEWS = Previews()
-
-
 @router.get("/previews/{style_key}.jpg")
-async def preview(style_key: str) -> Response:
-    image = await PREVIEWS.get(style_key)
+async def preview(request: Request, style_key: str) -> Response:
+    previews: Previews = request.app.state.previews
+    image = await previews.get(style_key)
     if image is None:
         raise NotFound("No preview for this style.", details={"style_key": style_key})
     return Response(image, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})

@@ -23,6 +23,7 @@ from portraitkit.web import create_app
 
 SECRET = "portraitkit-web-test-secret-with-32-bytes-or-more"
 KID = "test-key-1"
+LOOPBACK = ("127.0.0.1", 50000)
 
 
 class Jwks:
@@ -82,7 +83,8 @@ def web_settings(db_url: str, tmp_path_factory: pytest.TempPathFactory, jwks: Jw
 @pytest.fixture(scope="module")
 def api(web_settings: Settings) -> Iterator[TestClient]:
     """The app without its in-process worker (tests drive the queue themselves)."""
-    with TestClient(create_app(web_settings, worker=False)) as client:
+    # From this machine, as a developer's browser would be (local sign-in needs that).
+    with TestClient(create_app(web_settings, worker=False), client=LOOPBACK) as client:
         yield client
 
 

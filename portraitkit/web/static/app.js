@@ -52,11 +52,13 @@
   }
 
   function localTimes() {
-    const format = new Intl.DateTimeFormat(undefined, {
-      day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
-    });
+    const options = { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" };
+    const thisYear = new Intl.DateTimeFormat(undefined, options);
+    const otherYear = new Intl.DateTimeFormat(undefined, { ...options, year: "numeric" });
+    const now = new Date().getFullYear();
     for (const time of document.querySelectorAll("time[data-local]")) {
-      time.textContent = format.format(new Date(time.dateTime));
+      const moment = new Date(time.dateTime);
+      time.textContent = (moment.getFullYear() === now ? thisYear : otherYear).format(moment);
     }
   }
 
@@ -156,7 +158,7 @@
   // -- one batch ------------------------------------------------------------------------
 
   function attemptsText(item) {
-    if (!item.attempts) return `Not started yet (up to ${item.max_attempts} attempts)`;
+    if (!item.attempts) return "Waiting to start";
     const time = item.duration_ms ? ` · ${(item.duration_ms / 1000).toFixed(1)} s` : "";
     return `Attempt ${item.attempts} of ${item.max_attempts}${time}`;
   }
@@ -297,17 +299,16 @@
       const short = shortBy();
       remaining.classList.toggle("checkout__balance--short", short > 0);
       if (short > 0) {
-        remaining.textContent = `Balance ${balance} credits: ${short} short`;
+        remaining.textContent = `Balance ${balance}: ${short} short`;
       } else if (n) {
-        remaining.textContent = `Balance ${balance} → ${balance - credits} credits after`;
+        remaining.textContent = `Balance ${balance} → ${balance - credits} after`;
       } else {
-        remaining.textContent = `Balance ${balance} credits`;
+        remaining.textContent = `Balance ${plural(balance, "credit", "credits")}`;
       }
       submit.setAttribute("aria-disabled", String(short > 0));
       submit.textContent = n ? `Start ${plural(n, "portrait", "portraits")}` : "Start batch";
       const refusal = short > 0
-        ? `Not enough credits: these styles cost ${credits} and your balance is ${balance}. ` +
-          "Remove a style or two to continue."
+        ? `Not enough credits: ${credits} needed, ${balance} left. Remove a style to continue.`
         : "";
       showProblem(refusal);
     }
