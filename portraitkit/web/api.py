@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from itertools import groupby
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -28,6 +30,7 @@ from portraitkit.models import Stats as StatsOut
 from portraitkit.storage import MAX_SOURCE_BYTES
 from portraitkit.web.backend import Backend
 from portraitkit.web.schemas import (
+    NO_NUL,
     BatchDetail,
     BatchList,
     CreateFromStorage,
@@ -45,7 +48,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "No valid access token"),
         (402, "Insufficient credits"),
         (403, "Not allowed"),
-        (404, "No such batch for this user"),
+        (404, "No such batch (or, for a new one, no such stored photo) for this user"),
         (409, "The batch's state does not allow it"),
         (413, "Upload too large"),
         (415, "Unsupported body type"),
@@ -54,6 +57,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
+# Declares the bearer scheme in the OpenAPI document; `bearer` below answers its errors.
+BEARER_SCHEME = HTTPBearer(auto_error=False, description="The user's access token.")
 
 
 def backend_of(request: Request) -> Backend:
@@ -61,16 +66,18 @@ def backend_of(request: Request) -> Backend:
     return backend
 
 
-async def bearer(request: Request) -> tuple[str, dict[str, Any]]:
+async def bearer(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
+) -> tuple[str, dict[str, Any]]:
     """The request's verified access token and its claims (a signed-in user's only)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise NotAuthenticated("Send the user's access token as `Authorization: Bearer <token>`.")
-    claims = await backend_of(request).verifier.verify(token.strip())
+    claims = await backend_of(request).verifier.verify(token)
     if claims.get("role") != "authenticated":
         raise NotAllowed("This API acts for signed-in users only.")
-    return token.strip(), claims
+    return token, claims
 
 
 async def user_client(
@@ -93,8 +100,12 @@ CREATE_BODY = {
                     "required": ["photo", "styles"],
                     "properties": {
                         "photo": {"type": "string", "format": "binary"},
-                        "styles": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                        "custom_prompt": {"type": "string"},
+                        "styles": {
+                            "type": "array",
+                            "items": {"type": "string", "pattern": NO_NUL},
+                            "minItems": 1,
+                        },
+                        "custom_prompt": {"type": "string", "pattern": NO_NUL},
                     },
                 },
                 "encoding": {"styles": {"style": "form", "explode": True}},
@@ -139,6 +150,9 @@ async def create_batch(
             styles = [s for s in form.getlist("styles") if isinstance(s, str)]
             prompt = form.get("custom_prompt")
             custom_prompt = prompt if isinstance(prompt, str) and prompt else None
+        for field, texts in (("styles", styles), ("custom_prompt", [custom_prompt or ""])):
+            if any("\x00" in text for text in texts):
+                raise InvalidInput(f"{field} may not contain NUL.", details={"field": field})
     elif content_type == "application/json":
         try:
             body = CreateFromStorage.model_validate_json(await request.body())
@@ -172,36 +186,46 @@ async def list_batches(
     request: Request,
     client: Client,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=100, pattern=NO_NUL, description="The previous page's `next_cursor`."),
+    ] = None,
     status: BatchStatus | None = None,
 ) -> BatchList:
     """The gallery, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    page = await client.list_batches(status, limit, cursor)
+    try:
+        page = await client.list_batches(status, limit, cursor)
+    except InvalidInput as exc:  # the SQL contract calls the cursor `after`; here it is `cursor`
+        if exc.details.get("field") != "after":
+            raise
+        raise InvalidInput(
+            "cursor is not a `next_cursor` from this list.", details={"field": "cursor"}
+        ) from exc
     backend = backend_of(request)
     items = [await backend.card(client, b) for b in page.items]
     return BatchList(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/api/user/batches/{batch_id}", response_model=BatchDetail, responses=ERRORS)
-async def get_batch(request: Request, client: Client, batch_id: str) -> BatchDetail:
+async def get_batch(request: Request, client: Client, batch_id: UUID) -> BatchDetail:
     """One batch with each of its photos, their states and signed image URLs."""
     return await backend_of(request).detail(client, batch_id)
 
 
 @router.post("/api/user/batches/{batch_id}/cancel", response_model=CancelResult, responses=ERRORS)
-async def cancel_batch(client: Client, batch_id: str) -> CancelResult:
+async def cancel_batch(client: Client, batch_id: UUID) -> CancelResult:
     """Cancel (and refund) what has not started; running items finish."""
     return await client.cancel_batch(batch_id)
 
 
 @router.post("/api/user/batches/{batch_id}/retry", response_model=RetryResult, responses=ERRORS)
-async def retry_failed(client: Client, batch_id: str) -> RetryResult:
+async def retry_failed(client: Client, batch_id: UUID) -> RetryResult:
     """Run the failed items again; their cost is charged again."""
     return await client.retry_failed(batch_id)
 
 
 @router.delete("/api/user/batches/{batch_id}", response_model=DeleteResult, responses=ERRORS)
-async def delete_batch(client: Client, batch_id: str) -> DeleteResult:
+async def delete_batch(client: Client, batch_id: UUID) -> DeleteResult:
     """Delete the batch and its images; what had not finished is refunded."""
     return await client.delete_batch(batch_id)
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,35 @@ from portraitkit.worker import WorkerOptions
 
 log = logging.getLogger("portraitkit.web")
 KEEPALIVE_SECONDS = 15.0
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated"}
+# One event of the stream: `batch` and `end` carry the batch, `deleted` only its id.
+BATCH_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["batch", "end", "deleted"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/BatchDetail"},
+                    {
+                        "type": "object",
+                        "required": ["id"],
+                        "properties": {"id": {"type": "string", "format": "uuid"}},
+                    },
+                ]
+            },
+        },
+        "id": {"type": "string", "description": "The batch's `updated_at`."},
+    },
+}
+HTTP_CODES = {
+    400: "invalid_input",
+    401: "not_authenticated",
+    404: "not_found",
+    405: "method_not_allowed",
+}
 
 
 def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -85,6 +114,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         return _error(exc.status_code, code, str(exc.detail))
 
     app.include_router(router)
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -101,10 +131,11 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         "/api/user/batches/{batch_id}/events",
         responses={
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                # `itemSchema` describes each event, as FastAPI's own SSE routes do.
+                "content": {"text/event-stream": {"itemSchema": BATCH_EVENT}},
                 "description": "`batch` events carrying the batch (as GET /api/user/batches/"
                 "{id} returns it) whenever it changes, then one `end` event with its final "
-                "state.",
+                "state, or a `deleted` event if it is deleted meanwhile.",
             },
             **ERRORS,
         },
@@ -112,13 +143,13 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     )
     async def batch_events(
         request: Request,
-        batch_id: str,
+        batch_id: UUID,
         auth: Annotated[tuple[str, dict[str, Any]], Depends(bearer)],
     ) -> EventSourceResponse:
         """Server-Sent Events of one batch's progress, ending with its final state."""
         events: BatchEvents = request.app.state.events
         token, claims = auth
-        first = await events.read(batch_id, token, claims)  # 404 for another user's batch
+        first = await events.read(str(batch_id), token, claims)  # 404 for another user's batch
         return EventSourceResponse(
             _stream(events, first, token, claims), ping=int(KEEPALIVE_SECONDS)
         )
@@ -142,6 +173,19 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     return app
 
 
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """The document without FastAPI's default 422 answers: invalid input is answered with
+    400 and the ErrorBody every error has (`invalid_request` above), which it lists."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            document.get("components", {}).get("schemas", {}).pop(unused, None)
+    return app.openapi_schema or {}
+
+
 async def _stream(
     events: BatchEvents, first: BatchDetail, token: str, claims: dict[str, Any]
 ) -> AsyncIterator[ServerSentEvent]:
@@ -158,6 +202,9 @@ async def _stream(
                 return
             await watcher.changed.wait()
             watcher.changed.clear()
+            if watcher.gone:  # deleted meanwhile: say so, and end the stream
+                yield ServerSentEvent(data=f'{{"id": "{first.id}"}}', event="deleted")
+                return
             if watcher.latest is not None:
                 state = watcher.latest
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from portraitkit.database.connection import listen_url
+from portraitkit.errors import NotFound
 from portraitkit.feeds import Feed, NotifyFeed, RealtimeFeed
+from portraitkit.identity import SERVICE, open_client
 from portraitkit.watch import BATCHES_CHANNEL
 from portraitkit.web.backend import Backend
 from portraitkit.web.schemas import BatchDetail
@@ -35,6 +37,7 @@ class Watcher:
     token: str
     claims: Mapping[str, Any]
     latest: BatchDetail | None = None
+    gone: bool = False  # deleted (or no longer this user's) since the stream began
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def publish(self, state: BatchDetail) -> None:
@@ -50,6 +53,7 @@ class BatchEvents:
         self._wake = asyncio.Event()
         self._feed: Feed | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.reads = 0  # batch reads done for watchers, for the load benchmark
 
     async def start(self) -> BatchEvents:
@@ -57,25 +61,35 @@ class BatchEvents:
             asyncio.create_task(self._reader(), name="batch-events-reader"),
             asyncio.create_task(self._backstop(), name="batch-events-backstop"),
         ]
-        self._feed = await self._open_feed()
+        if self.backend.mode == "supabase":
+            # In the background: an unreachable Realtime must not hold up the server's start.
+            self._tasks.append(asyncio.create_task(self._realtime(), name="batch-events"))
+        else:
+            assert self.backend.database_url is not None
+            url = listen_url(self.backend.settings, self.backend.database_url)
+            self._feed = await NotifyFeed(url, BATCHES_CHANNEL, on_notify=self.mark).start()
         return self
 
-    async def _open_feed(self) -> Feed | None:
-        if self.backend.mode == "supabase":
-            try:
-                async with self.backend.client(None, None) as anonymous:
-                    client = getattr(anonymous.transport, "client", None)
-                feed = await RealtimeFeed(
-                    client, table="generation_batches", event="UPDATE"
-                ).start()
-            except Exception as exc:  # a doorbell only: the backstop still finds every change
-                log.warning("realtime unavailable, backstop only", extra={"error": str(exc)})
-                return None
-            self._tasks.append(asyncio.create_task(self._ring_all(feed), name="batch-events"))
-            return feed
-        assert self.backend.database_url is not None
-        url = listen_url(self.backend.settings, self.backend.database_url)
-        return await NotifyFeed(url, BATCHES_CHANNEL, on_notify=self.mark).start()
+    async def _realtime(self) -> None:
+        """Realtime checks each subscriber's RLS, so the doorbell needs the service role
+        (it only learns that some batch changed; reads still go as a watcher). Without the
+        secret key the backstop alone finds every change."""
+        if self.backend.settings.supabase_service_role_key is None:
+            log.info("no secret key: batch events by the backstop only")
+            return
+        try:
+            service = await open_client(self.backend.settings, SERVICE)
+            self._closers.append(service.aclose)
+            client = getattr(service.transport, "client", None)
+            feed = await RealtimeFeed(client, table="generation_batches", event="UPDATE").start()
+        except Exception as exc:  # a doorbell only: the backstop still finds every change
+            log.warning("realtime unavailable, backstop only", extra={"error": str(exc)})
+            return
+        self._feed = feed
+        while True:
+            if await feed.wait(BACKSTOP_SECONDS):
+                for batch_id in list(self._watchers):
+                    self.mark(batch_id)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -83,6 +97,8 @@ class BatchEvents:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._feed is not None:
             await self._feed.aclose()
+        for close in self._closers:
+            await close()
 
     def mark(self, batch_id: str) -> None:
         if batch_id in self._watchers:
@@ -125,6 +141,11 @@ class BatchEvents:
                 reader = watchers[-1]
                 try:
                     state = await self.read(batch_id, reader.token, reader.claims)
+                except NotFound:
+                    for watcher in watchers:
+                        watcher.gone = True
+                        watcher.changed.set()
+                    continue
                 except Exception as exc:  # the watchers keep their last state; the backstop retries
                     log.info("batch read failed", extra={"batch": batch_id, "error": str(exc)})
                     continue
@@ -136,9 +157,3 @@ class BatchEvents:
             await asyncio.sleep(BACKSTOP_SECONDS)
             for batch_id in list(self._watchers):
                 self.mark(batch_id)
-
-    async def _ring_all(self, feed: Feed) -> None:
-        while True:
-            if await feed.wait(BACKSTOP_SECONDS):
-                for batch_id in list(self._watchers):
-                    self.mark(batch_id)

@@ -361,6 +361,10 @@ async def _stream(
                     bell.cancel()
             for batch_id in sorted(running):
                 watcher = watchers[batch_id]
+                if watcher.gone:
+                    yield ServerSentEvent(data=json.dumps({"id": batch_id}), event="gone")
+                    running.discard(batch_id)
+                    continue
                 if not watcher.changed.is_set() or watcher.latest is None:
                     continue
                 watcher.changed.clear()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from portraitkit.models import BatchSummary, Generation
+
+# PostgreSQL text cannot hold NUL: such input is refused here, as the document says.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
 
 
 class ErrorBody(BaseModel):
@@ -57,9 +61,9 @@ class CreateFromStorage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    styles: list[str] = Field(min_length=1, examples=[["pencil_sketch", "pop_art"]])
-    source_path: str = Field(examples=["00000000-0000-0000-0000-000000000000/sources/a.jpg"])
-    custom_prompt: str | None = None
+    styles: list[Text] = Field(min_length=1, examples=[["pencil_sketch", "pop_art"]])
+    source_path: Text = Field(examples=["00000000-0000-0000-0000-000000000000/sources/a.jpg"])
+    custom_prompt: Text | None = None
 
 
 class Health(BaseModel):

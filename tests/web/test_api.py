@@ -333,3 +333,16 @@ def test_events_stream_the_batch_until_it_ends(
     assert events[0][0] == "batch" and events[0][1]["status"] == "pending"
     assert events[-1][0] == "end" and events[-1][1]["status"] == "completed"
     assert all(item["image_url"] for item in events[-1][1]["items"])
+
+
+def test_events_end_when_the_batch_is_deleted(api: TestClient, make_user: MakeUser) -> None:
+    _user, headers = make_user(credits=10)
+    batch_id = _create(api, headers, ["noir"]).json()["id"]
+    seen: list[str] = []
+    with api.stream("GET", f"/api/user/batches/{batch_id}/events", headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                seen.append(line.split(":", 1)[1].strip())
+                if len(seen) == 1:
+                    api.delete(f"/api/user/batches/{batch_id}", headers=headers)
+    assert seen == ["batch", "deleted"]
