@@ -12,7 +12,7 @@ expiry.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -57,22 +57,25 @@ class WorkQueue:
         )
         return [ClaimedGeneration.model_validate(row) for row in rows or []]
 
-    async def heartbeat(self, ids: Collection[UUID]) -> set[UUID]:
-        """Renew the leases; returns the ids still held (the others are no longer ours)."""
-        if not ids:
+    async def heartbeat(self, leases: Mapping[UUID, int]) -> set[UUID]:
+        """Renew the leases (item id → the attempt this worker runs); returns the ids still
+        held (the others are no longer ours)."""
+        if not leases:
             return set()
+        ids = sorted(leases)
         held = await self._call(
             "heartbeat_generations",
             {
                 "worker_id": self.worker_id,
-                "generation_ids": sorted(ids),
+                "generation_ids": ids,
                 "lease_seconds": self.lease_seconds,
+                "attempts": [leases[i] for i in ids],
             },
         )
         return {UUID(str(h)) for h in held or []}
 
-    async def complete(self, results: Sequence[tuple[UUID, str]]) -> set[UUID]:
-        """Record ``(id, image path)`` results; returns the ids accepted."""
+    async def complete(self, results: Sequence[tuple[UUID, str, int]]) -> set[UUID]:
+        """Record ``(id, image path, attempt)`` results; returns the ids accepted."""
         if not results:
             return set()
         accepted = await self._call(
@@ -81,12 +84,16 @@ class WorkQueue:
                 "worker_id": self.worker_id,
                 "generation_ids": [r[0] for r in results],
                 "image_paths": [r[1] for r in results],
+                "attempts": [r[2] for r in results],
             },
         )
         return {UUID(str(a)) for a in accepted or []}
 
-    async def fail(self, item: UUID, error: str, *, retryable: bool) -> GenerationStatus | None:
-        """Record a failure; the item's new status, or None when it was no longer ours."""
+    async def fail(
+        self, item: UUID, attempt: int, error: str, *, retryable: bool
+    ) -> GenerationStatus | None:
+        """Record a failure of ``attempt``; the item's new status, or None when that attempt
+        was no longer ours (a resent failure never lands on the next attempt)."""
         status = await self._call(
             "fail_generation",
             {
@@ -94,6 +101,7 @@ class WorkQueue:
                 "generation_id": item,
                 "error": error[:2000],
                 "retryable": retryable,
+                "attempt": attempt,
             },
         )
         return GenerationStatus(status) if status else None

@@ -106,13 +106,13 @@ class _Completer:
         self._queue = queue
         self._flush_seconds = flush_seconds
         self._flush_items = flush_items
-        self._pending: list[tuple[UUID, str, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[UUID, str, int, asyncio.Future[bool]]] = []
         self._wakeup = asyncio.Event()
 
-    async def complete(self, generation_id: UUID, path: str) -> bool:
+    async def complete(self, generation_id: UUID, path: str, attempt: int) -> bool:
         """True when the result was accepted (the item was still ours to finish)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((generation_id, path, future))
+        self._pending.append((generation_id, path, attempt, future))
         self._wakeup.set()
         return await future
 
@@ -126,20 +126,20 @@ class _Completer:
             try:
                 await self._flush(batch)
             except asyncio.CancelledError:
-                self._pending[:0] = [b for b in batch if not b[2].done()]
+                self._pending[:0] = [b for b in batch if not b[3].done()]
                 raise
 
-    async def _flush(self, batch: list[tuple[UUID, str, asyncio.Future[bool]]]) -> None:
+    async def _flush(self, batch: list[tuple[UUID, str, int, asyncio.Future[bool]]]) -> None:
         if not batch:
             return
         try:
-            accepted = await self._queue.complete([(b[0], b[1]) for b in batch])
+            accepted = await self._queue.complete([(b[0], b[1], b[2]) for b in batch])
         except PortraitkitError as exc:  # not transient (the queue retried those)
-            for _gid, _path, future in batch:
+            for *_result, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for gid, _path, future in batch:
+        for gid, _path, _attempt, future in batch:
             if not future.done():
                 future.set_result(gid in accepted)
 
@@ -155,7 +155,7 @@ class _Completer:
             log.warning(
                 "results not recorded", extra={"event": "results_dropped", "items": len(batch)}
             )
-        for _gid, _path, future in batch:
+        for *_result, future in batch:
             if not future.done():
                 future.cancel()
 
@@ -189,7 +189,8 @@ class Worker:
         # completion is in flight and the database and this process work side by side.
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._rendering: set[asyncio.Task[None]] = set()
-        self._lost: set[UUID] = set()
+        self._lost: set[asyncio.Task[None]] = set()  # abandoned: their lease is gone
+        self._attempts: dict[asyncio.Task[None], int] = {}  # the attempt each task runs
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
 
@@ -258,8 +259,14 @@ class Worker:
                 claimed = got
                 for item in claimed:
                     self.stats.claimed += 1
+                    stale = self._running.get(item.id)
+                    if stale is not None and not stale.done():
+                        # Our own earlier attempt, whose lease ran out meanwhile (recovered
+                        # and claimed again): that attempt is no longer ours to finish.
+                        self._abandon(stale)
                     task = asyncio.create_task(self._process(item), name=str(item.id))
                     self._running[item.id] = task
+                    self._attempts[task] = item.attempts
                     self._rendering.add(task)
             if once and not claimed and not self._running:
                 # An empty claim can be a pending row another transaction holds for a moment
@@ -275,6 +282,11 @@ class Worker:
             elif not claimed or len(claimed) < free:
                 await self._wait_for_work()
             # else: every slot asked for was filled; there may be more right away
+
+    def _abandon(self, task: asyncio.Task[None]) -> None:
+        log.warning("lease lost", extra={"event": "lease_lost", "item": task.get_name()})
+        self._lost.add(task)
+        task.cancel()
 
     def _free_slots(self) -> int:
         return self.options.concurrency - len(self._rendering)
@@ -355,14 +367,14 @@ class Worker:
             )
             await self.storage.put(path, image.data, image.content_type)
             self._give_back_slot()
-            if await self._completer.complete(item.id, path):
+            if await self._completer.complete(item.id, path, item.attempts):
                 self.stats.completed += 1
             else:  # cancelled, deleted or re-leased meanwhile: the result must not stay
                 outcome = "discarded"
                 self.stats.discarded += 1
                 await self.storage.remove([path])
         except asyncio.CancelledError:
-            outcome = "lost" if item.id in self._lost else "released"
+            outcome = "lost" if asyncio.current_task() in self._lost else "released"
             if outcome == "lost":
                 self.stats.discarded += 1
                 if path is not None:
@@ -375,9 +387,12 @@ class Worker:
         finally:
             # The item may already be claimed again (a retry, woken by the feed before this
             # task ended): only forget the entry if it is still this task's.
-            if self._running.get(item.id) is asyncio.current_task():
+            me = asyncio.current_task()
+            if me is not None:
+                self._lost.discard(me)
+                self._attempts.pop(me, None)
+            if self._running.get(item.id) is me:
                 del self._running[item.id]
-                self._lost.discard(item.id)
             self._give_back_slot()
             if log.isEnabledFor(logging.INFO):
                 log.info(
@@ -397,7 +412,7 @@ class Worker:
     async def _fail(self, item: ClaimedGeneration, exc: Exception) -> str:
         retryable = not isinstance(exc, PermanentGenerationError)
         message = str(exc) if isinstance(exc, PortraitkitError) else f"{type(exc).__name__}: {exc}"
-        status = await self.queue.fail(item.id, message, retryable=retryable)
+        status = await self.queue.fail(item.id, item.attempts, message, retryable=retryable)
         if status is GenerationStatus.PENDING:
             self.stats.retried += 1
             return "retry"
@@ -412,16 +427,16 @@ class Worker:
         while True:
             await asyncio.sleep(self.options.heartbeat_seconds)
             holding = dict(self._running)
-            held = await self.queue.heartbeat(holding.keys())
+            held = await self.queue.heartbeat(
+                {gid: self._attempts.get(task, 0) for gid, task in holding.items()}
+            )
             for lost in holding.keys() - held:
                 task = holding[lost]
                 # Only an item still rendering is abandoned: one whose result is being
                 # recorded may have just completed (and so left 'processing'), and one
                 # claimed again since the snapshot is a new task with a new lease.
                 if task in self._rendering and self._running.get(lost) is task:
-                    log.warning("lease lost", extra={"event": "lease_lost", "item": str(lost)})
-                    self._lost.add(lost)
-                    task.cancel()
+                    self._abandon(task)
 
     async def _recover_loop(self) -> None:
         """Any worker may put back items whose worker died; the SQL makes it safe to race."""

@@ -147,14 +147,21 @@ begin
 end
 $$;
 
+-- A lease names the attempt as well as the worker: a worker that claims an item again
+-- (its own recovery put it back) must not have the first attempt's late result or failure
+-- recorded against the second. Calls pass the attempts they claimed; without them (first-
+-- release workers) only the worker is checked, as before.
+--
 -- Record results. Also accepted: an item already completed with exactly this path, so a
 -- flush resent after its answer was lost (the commit happened) is not mistaken for a
 -- discarded result, whose image the worker would then delete. Result paths carry the
 -- attempt, so another attempt's image never has the same path.
-create or replace function public.complete_generations(
+drop function public.complete_generations(text, uuid[], text[]);
+create function public.complete_generations(
   worker_id text,
   generation_ids uuid[],
-  image_paths text[]
+  image_paths text[],
+  attempts integer[] default null
 ) returns uuid[]
 language plpgsql
 security definer
@@ -168,9 +175,12 @@ begin
   perform private.require_worker_id(worker_id);
   if array_ndims(generation_ids) > 1 or array_ndims(image_paths) > 1
      or cardinality(generation_ids) is distinct from cardinality(image_paths)
-     or array_position(image_paths, null) is not null then
+     or array_position(image_paths, null) is not null
+     or (complete_generations.attempts is not null
+         and cardinality(complete_generations.attempts)
+             is distinct from cardinality(generation_ids)) then
     perform private.raise_error('invalid_input', 400,
-      'generation_ids and image_paths must pair up, with no null path.',
+      'generation_ids, image_paths (and attempts) must pair up, with no null path.',
       jsonb_build_object('field', 'image_paths'));
   end if;
   select array_agg(g.id order by g.id) into bad
@@ -192,15 +202,108 @@ begin
     update public.generations g
        set status = 'completed', generated_image_url = r.path, finished_at = now(),
            last_error = null, lease_owner = null, lease_expires_at = null, updated_at = now()
-      from unnest(generation_ids, image_paths) as r(id, path)
+      from unnest(generation_ids, image_paths, complete_generations.attempts) as r(id, path, attempt)
      where g.id = r.id and g.status = 'processing'
        and g.lease_owner = complete_generations.worker_id
+       and (r.attempt is null or g.attempts = r.attempt)
     returning g.id
   )
   select coalesce(array_agg(done.id), '{}') || repeated into accepted from done;
   return accepted;
 end
 $$;
+
+create or replace function public.complete_generation(
+  worker_id text,
+  generation_id uuid,
+  image_path text
+) returns boolean
+language sql
+security definer
+set search_path = ''
+as $$
+  select cardinality(public.complete_generations(worker_id, array[generation_id], array[image_path])) = 1
+$$;
+
+drop function public.heartbeat_generations(text, uuid[], integer);
+create function public.heartbeat_generations(
+  worker_id text,
+  generation_ids uuid[],
+  lease_seconds integer default null,
+  attempts integer[] default null
+) returns uuid[]
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  renewed uuid[];
+begin
+  perform private.require_worker_id(worker_id);
+  if heartbeat_generations.attempts is not null
+     and cardinality(heartbeat_generations.attempts) is distinct from cardinality(generation_ids) then
+    perform private.raise_error('invalid_input', 400, 'attempts must pair up with generation_ids.',
+      jsonb_build_object('field', 'attempts'));
+  end if;
+  perform private.lock_generations(generation_ids);
+  with r as (
+    update public.generations g
+       set lease_expires_at = now() + make_interval(
+             secs => coalesce(lease_seconds, private.setting_int('default_lease_seconds'))),
+           updated_at = now()
+      from unnest(generation_ids, heartbeat_generations.attempts) as h(id, attempt)
+     where g.id = h.id and g.status = 'processing'
+       and g.lease_owner = heartbeat_generations.worker_id
+       and (h.attempt is null or g.attempts = h.attempt)
+    returning g.id
+  )
+  select coalesce(array_agg(r.id), '{}') into renewed from r;
+  return renewed;
+end
+$$;
+
+drop function public.fail_generation(text, uuid, text, boolean);
+create function public.fail_generation(
+  worker_id text,
+  generation_id uuid,
+  error text,
+  retryable boolean default true,
+  attempt integer default null
+) returns public.generation_status
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  new_status public.generation_status;
+begin
+  perform private.require_worker_id(worker_id);
+  update public.generations g
+     set status = case when retryable and g.attempts < g.max_attempts
+                       then 'pending' else 'failed' end::public.generation_status,
+         run_after = case when retryable and g.attempts < g.max_attempts
+                          then now() + private.retry_delay(g.attempts) else g.run_after end,
+         finished_at = case when retryable and g.attempts < g.max_attempts then null else now() end,
+         last_error = left(coalesce(error, 'unknown error'), 2000),
+         lease_owner = null, lease_expires_at = null, updated_at = now()
+   where g.id = generation_id and g.status = 'processing'
+     and g.lease_owner = fail_generation.worker_id
+     and (fail_generation.attempt is null or g.attempts = fail_generation.attempt)
+  returning g.status into new_status;
+  return new_status;
+end
+$$;
+
+revoke all on function
+  public.complete_generations(text, uuid[], text[], integer[]),
+  public.heartbeat_generations(text, uuid[], integer, integer[]),
+  public.fail_generation(text, uuid, text, boolean, integer)
+  from public, anon, authenticated;
+grant execute on function
+  public.complete_generations(text, uuid[], text[], integer[]),
+  public.heartbeat_generations(text, uuid[], integer, integer[]),
+  public.fail_generation(text, uuid, text, boolean, integer)
+  to service_role;
 
 revoke all on function private.next_fair_tag(uuid), private.assign_fair_tag()
   from public, anon, authenticated;

@@ -24,7 +24,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -310,12 +310,12 @@ def plan_database_faults(
 def database_calls(conn: psycopg.Connection[Any], function: str) -> int:
     """How many calls of ``function`` reached the database (faulted ones included)."""
     row = conn.execute(
-        sql.SQL("select case when is_called then last_value else 0 end from faults.{}").format(
+        sql.SQL("select case when is_called then last_value else 0 end as n from faults.{}").format(
             sql.Identifier(function)
         )
     ).fetchone()
     assert row is not None
-    return int(row[0] if not isinstance(row, dict) else next(iter(row.values())))
+    return int(row["n"])
 
 
 def every_other_database_call(kinds: Iterable[str]) -> dict[int, str]:
@@ -382,7 +382,7 @@ def completions(conn: psycopg.Connection[Any], batch_ids: Iterable[UUID]) -> Cou
         " where to_status = 'completed' and batch_id = any(%s)",
         (list(batch_ids),),
     ).fetchall()
-    return Counter(_first(r) for r in rows)
+    return Counter(r["generation_id"] for r in rows)
 
 
 def audited_batches(conn: psycopg.Connection[Any], user_ids: Iterable[UUID]) -> dict[UUID, UUID]:
@@ -392,10 +392,6 @@ def audited_batches(conn: psycopg.Connection[Any], user_ids: Iterable[UUID]) -> 
         (list(user_ids),),
     ).fetchall()
     return {r["batch_id"]: r["user_id"] for r in rows}
-
-
-def _first(row: Any) -> Any:
-    return next(iter(row.values())) if isinstance(row, dict) else row[0]
 
 
 # --- arranging work ------------------------------------------------------------------
@@ -455,7 +451,103 @@ def _create_batch(
     return UUID(str(row[0]))
 
 
+# --- generators ------------------------------------------------------------------------
+
+
+class Render:
+    """A generator for these tests: the noop image after ``seconds``.
+
+    The first ``fail_first`` calls for each request (style and prompt: one item) fail
+    retryably; with ``hold``, every call waits for that event first. It counts calls and
+    the calls cancelled under it."""
+
+    def __init__(
+        self, seconds: float = 0.0, *, fail_first: int = 0, hold: asyncio.Event | None = None
+    ) -> None:
+        self.seconds = seconds
+        self.fail_first = fail_first
+        self.hold = hold
+        self.calls: Counter[tuple[str, str | None]] = Counter()
+        self.running = 0
+        self.cancelled = 0
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        key = (request.style_key, request.custom_prompt)
+        self.calls[key] += 1
+        self.running += 1
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.seconds:
+                await asyncio.sleep(self.seconds)
+            if self.calls[key] <= self.fail_first:
+                raise RetryableGenerationError("upstream 503")
+            return await NoopGenerator().generate(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
 # --- running workers ------------------------------------------------------------------
+
+
+class Running:
+    """Workers running, each until the block ends (``async with Running() as running``) or
+    :meth:`stop` is called; stopped and awaited even when the test fails in the block."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Any, asyncio.Task[Any]] = {}
+
+    def start(self, worker: Any) -> asyncio.Task[Any]:
+        self.runs[worker] = asyncio.create_task(worker.run(), name=worker.options.worker_id)
+        return self.runs[worker]
+
+    def check(self) -> None:
+        """Fail if a worker's run ended before it was told to stop."""
+        for task in self.runs.values():
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                raise AssertionError(f"worker {task.get_name()} exited early: {error!r}")
+
+    async def stop(self) -> list[Any]:
+        """Stop every worker; their stats, in the order they were started."""
+        self.check()
+        for worker in self.runs:
+            worker.stop()
+        return list(await asyncio.wait_for(asyncio.gather(*self.runs.values()), 60))
+
+    async def __aenter__(self) -> Running:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in self.runs:
+            worker.stop()
+        _done, late = await asyncio.wait(self.runs.values(), timeout=60)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*self.runs.values(), return_exceptions=True)
+
+
+async def until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    running: Running | None = None,
+) -> float:
+    """Wait for ``condition``; how long it took. Fails after ``timeout`` seconds, or as
+    soon as a worker of ``running`` ends (none may stop before it is told to)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not condition():
+        if running is not None:
+            running.check()
+        if loop.time() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return loop.time() - started
 
 
 async def run_until(
@@ -467,27 +559,11 @@ async def run_until(
 ) -> list[Any]:
     """Run the workers until ``done()``, then stop them; their stats. Fails if a worker's
     run ends before it is stopped (it must survive everything the test throws at it)."""
-    tasks = [asyncio.create_task(w.run(), name=f"run:{w.options.worker_id}") for w in workers]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while not done():
-            for task in tasks:
-                if task.done():
-                    raise AssertionError(f"{task.get_name()} exited early: {task.result()!r}")
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            await asyncio.sleep(0.05)
-        for task in tasks:
-            assert not task.done(), f"{task.get_name()} exited early"
-    finally:
+    async with Running() as running:
         for worker in workers:
-            worker.stop()
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise errors[0]
-    return results
+            running.start(worker)
+        await until(done, timeout=timeout, what=what, running=running)
+        return await running.stop()
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -498,7 +574,7 @@ def statuses(conn: psycopg.Connection[Any], batch_ids: Iterable[UUID]) -> Counte
         "select status::text as status from public.generations where batch_id = any(%s)",
         (list(batch_ids),),
     ).fetchall()
-    return Counter(_first(r) for r in rows)
+    return Counter(r["status"] for r in rows)
 
 
 def settled(conn: psycopg.Connection[Any], batch_ids: Iterable[UUID]) -> bool:
@@ -610,7 +686,7 @@ def assert_completed_once(
     assert not problems, "\n".join(problems)
 
 
-def transient_error_kinds(errors: Iterable[BaseException]) -> Counter[str]:
+def error_kinds(errors: Iterable[BaseException]) -> Counter[str]:
     """SQLSTATEs (or error codes) of errors, for "which errors did the database raise"."""
     kinds: Counter[str] = Counter()
     for exc in errors:
@@ -619,75 +695,3 @@ def transient_error_kinds(errors: Iterable[BaseException]) -> Counter[str]:
         else:
             kinds[type(exc).__name__] += 1
     return kinds
-
-
-@dataclass
-class Timeline:
-    """Moments a test wants to compare (loop time)."""
-
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, name: str) -> None:
-        self.marks[name] = asyncio.get_running_loop().time()
-
-
-# --- generators ------------------------------------------------------------------------
-
-
-class Render:
-    """A generator for these tests: the noop image after ``seconds``.
-
-    The first ``fail_first`` calls for each request (style and prompt: one item) fail
-    retryably; with ``hold``, every call waits for that event first. It counts calls and
-    the calls cancelled under it."""
-
-    def __init__(
-        self, seconds: float = 0.0, *, fail_first: int = 0, hold: asyncio.Event | None = None
-    ) -> None:
-        self.seconds = seconds
-        self.fail_first = fail_first
-        self.hold = hold
-        self.calls: Counter[tuple[str, str | None]] = Counter()
-        self.running = 0
-        self.cancelled = 0
-        self.started = asyncio.Event()
-
-    async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        key = (request.style_key, request.custom_prompt)
-        self.calls[key] += 1
-        self.running += 1
-        self.started.set()
-        try:
-            if self.hold is not None:
-                await self.hold.wait()
-            if self.seconds:
-                await asyncio.sleep(self.seconds)
-            if self.calls[key] <= self.fail_first:
-                raise RetryableGenerationError("upstream 503")
-            return await NoopGenerator().generate(request)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.running -= 1
-
-
-async def until(
-    condition: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    runs: Iterable[asyncio.Task[Any]] = (),
-) -> float:
-    """Wait for ``condition``; how long it took. Fails after ``timeout`` seconds, or as
-    soon as one of the workers' ``runs`` ends (none may stop before it is told to)."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not condition():
-        for run in runs:
-            if run.done():
-                raise AssertionError(f"a worker exited early, waiting for {what}: {run!r}")
-        if loop.time() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return loop.time() - started
