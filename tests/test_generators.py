@@ -9,6 +9,8 @@ import io
 import itertools
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -28,9 +30,10 @@ from portraitkit.generators import (
     PermanentGenerationError,
     RetryableGenerationError,
     get_generator,
+    local,
 )
 from portraitkit.generators.http import HttpGenerator, retry_after_seconds
-from portraitkit.generators.local import LocalGenerator, bounded_size
+from portraitkit.generators.local import LocalGenerator, bounded_size, decode_source
 from portraitkit.generators.noop import NOOP_PNG, NoopGenerator
 from portraitkit.generators.sample import HEIGHT, WIDTH, sample_portrait, sample_portrait_png
 from portraitkit.generators.styles import EFFECTS
@@ -223,6 +226,61 @@ def test_custom_prompt_without_colour_words_changes_nothing(
 ) -> None:
     result = _render(LocalGenerator(), sample_png, "noir", custom_prompt="looking wistful")
     assert result.data == renders["noir"]
+
+
+def test_rotated_photo_is_turned_upright_and_bounded() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned a quarter clockwise
+    buffer = io.BytesIO()
+    Image.new("RGB", (1000, 500), (120, 80, 60)).save(buffer, format="JPEG", exif=exif)
+    assert decode_source(buffer.getvalue(), 768).shape == (768, 384, 3)
+
+
+def test_transparent_source_is_flattened_onto_white() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (1000, 800), (200, 0, 0, 0)).save(buffer, format="PNG")
+    assert decode_source(buffer.getvalue(), 768).tolist() == np.full((614, 768, 3), 255).tolist()
+
+
+def test_styles_of_one_photo_decode_it_once(
+    sample_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+
+    def counting(data: bytes, max_side: int) -> np.ndarray:
+        decoded.append(len(data))
+        return decode_source(data, max_side)
+
+    monkeypatch.setattr(local, "decode_source", counting)
+    generator = LocalGenerator()
+    for style_key in ("noir", "poster", "pixel_art"):
+        _render(generator, bytes(sample_png), style_key)  # equal bytes, another object
+    assert decoded == [len(sample_png)]
+
+
+@pytest.mark.anyio
+async def test_generate_renders_at_most_max_parallel_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    running = peak = 0
+    lock = threading.Lock()
+
+    def render(self: LocalGenerator, request: GenerationRequest) -> GeneratedImage:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return GeneratedImage(data=NOOP_PNG)
+
+    monkeypatch.setattr(LocalGenerator, "render", render)
+    generator = LocalGenerator(max_parallel=2)
+    request = GenerationRequest(source=NOOP_PNG, style_key="noir", prompt="x")
+    await asyncio.gather(*(generator.generate(request) for _ in range(8)))
+    await generator.aclose()
+    assert peak == 2
 
 
 # -- factory, noop and sample -----------------------------------------------------------

@@ -20,7 +20,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from portraitkit.errors import DatabaseUnavailable, PortraitkitError, error_from_postgres
+from portraitkit.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    PortraitkitError,
+    error_from_postgres,
+)
 
 ANON_ROLE = "anon"
 SET_REQUEST = "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)"
@@ -68,6 +73,9 @@ def translate(exc: psycopg.Error, role: str | None = None) -> PortraitkitError:
         # The connection itself failed (closed by the server, the network, a pooler): there
         # is no server error to map, only an unreachable database.
         return DatabaseUnavailable(f"The database connection failed: {exc}")
+    if exc.sqlstate is None and isinstance(exc, psycopg.DataError):
+        # Refused before it was sent (a NUL character in a text argument): bad input.
+        return InvalidInput(f"An argument cannot be sent: {exc}", details={"reason": str(exc)})
     diag = exc.diag
     status = (401 if role == ANON_ROLE else 403) if exc.sqlstate == "42501" else None
     return error_from_postgres(

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from portraitkit.auth import verify_token
 from portraitkit.database import rpc
-from portraitkit.errors import DatabaseUnavailable
+from portraitkit.errors import DatabaseBusy, DatabaseUnavailable
 from portraitkit.retrying import is_transient
 from portraitkit.transports.base import RetryPolicy
 
@@ -113,7 +113,10 @@ class PostgresTransport:
                         await self._pool.check()  # its other idle connections likely died too
                     result = await self._transaction(work)
             return result
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            # The database may be fine: every pooled connection was busy for that long.
+            raise DatabaseBusy(f"All database connections are busy: {exc}") from exc
+        except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
 
     async def _transaction(
