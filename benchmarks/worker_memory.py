@@ -18,8 +18,9 @@ and the parent samples the worker's RSS (psutil) against the items completed.
     .venv/bin/python benchmarks/worker_memory.py [--quick] [--json] [--database-url URL]
         [--only noop|local] [--local-items N]
 
-On 2 cores the local part renders about 8 items/s (some 11 minutes for 5,000), the noop
-part takes about a minute; `--quick` runs 6,000 noop and 1,000 local items.
+On 2 cores the whole run takes about 8 minutes (the local part about 12 items/s, 7
+minutes for 5,000; noop about a minute); `--quick` (6,000 noop and 1,000 local items)
+about 2 minutes, `--only local` skips the noop part.
 """
 
 from __future__ import annotations

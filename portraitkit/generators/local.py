@@ -7,7 +7,7 @@ source is kept for the batch's other styles. The output depends only on the requ
 noise is drawn from a generator seeded with a hash of the source and the style, so the
 same request always yields the same bytes.
 
-Memory: a render's working arrays (up to some 70 MB for a 768-pixel portrait) come from the
+Memory: a render's working arrays (up to some 80 MB for a 768-pixel portrait) come from the
 C allocator, and glibc keeps what a thread frees in that thread's own arena for reuse. So
 renders run on a few threads of the generator's own (one per core at most), never on the
 event loop's shared pool where they would leave a render's worth of memory behind in
