@@ -23,7 +23,7 @@ from portraitkit.client import PortraitClient
 from portraitkit.database.connection import connect
 from portraitkit.errors import ConfigurationError, InvalidInput, UserExists, UserNotFound
 from portraitkit.identity import ANONYMOUS, SERVICE, open_client
-from portraitkit.session import database_url
+from portraitkit.session import database_url, local_user
 from portraitkit.settings import Settings
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -96,14 +96,7 @@ def list_users(settings: Settings) -> list[UserAccount]:
 
 def find_user(settings: Settings, email_or_id: str) -> LocalUser:
     """A local user by email or id."""
-    with connect(_direct_url(settings, "Looking up a user"), autocommit=True) as conn:
-        user = find_local_user(conn, email_or_id)
-    if user is None:
-        raise UserNotFound(
-            f"No user {email_or_id!r}: create one with `portraitkit users create EMAIL`.",
-            details={"user": email_or_id},
-        )
-    return user
+    return local_user(_direct_url(settings, "Looking up a user"), email_or_id)
 
 
 def get_account(settings: Settings, user_id: UUID) -> UserAccount:

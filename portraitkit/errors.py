@@ -367,6 +367,7 @@ def error_from_payload(
         # status is all there is to go by.
         code = {401: "not_authenticated", 403: "not_allowed"}.get(http_status or 0, "error")
     text = message or code
+    # The base class's code ("error") keeps the status it came with, so it is built below.
     kind = ERRORS_BY_CODE.get(code) if code != PortraitkitError.code else None
     if kind is None:
         if code == "42501":

@@ -73,39 +73,29 @@ async def open_client(
     if settings.mode == "supabase":
         return await _open_supabase(settings, identity)
     secret = settings.jwt_secret_value()
-    token: str | None
+    url: str | None = None
+    tokens: Callable[[], str | None]
     if isinstance(identity, Service):
-        token = issue_service_token(secret)
+        service_token = issue_service_token(secret)
+        tokens = lambda: service_token  # noqa: E731 - a constant token source
     elif isinstance(identity, Anonymous):
-        token = None
+        tokens = lambda: None  # noqa: E731
     elif identity.access_token is not None:
-        token = identity.access_token
+        held = identity.access_token
+        tokens = lambda: held  # noqa: E731
     elif identity.email_or_id is not None:
-        owned = pool is None
         url = await asyncio.to_thread(database_url, settings)
         user = await asyncio.to_thread(local_user, url, identity.email_or_id)
-        return await _direct(settings, LocalTokens(secret, user), pool, pool_size, verify, owned)
+        tokens = LocalTokens(secret, user)
     else:
         raise NotAuthenticated("Name a user (email or id) or pass an access token.")
-    fixed = token
-    return await _direct(settings, lambda: fixed, pool, pool_size, verify, pool is None)
-
-
-async def _direct(
-    settings: Settings,
-    tokens: Callable[[], str | None],
-    pool: AsyncConnectionPool | None,
-    pool_size: int,
-    verify: Verify | None,
-    owns_pool: bool,
-) -> PortraitClient:
+    owns_pool = pool is None
     if pool is None:
-        url = await asyncio.to_thread(database_url, settings)
+        if url is None:
+            url = await asyncio.to_thread(database_url, settings)
         pool = make_pool(url, max_size=pool_size)
         await pool.open()
-    transport = PostgresTransport(
-        pool, tokens, settings.jwt_secret_value(), owns_pool=owns_pool, verify=verify
-    )
+    transport = PostgresTransport(pool, tokens, secret, owns_pool=owns_pool, verify=verify)
     return PortraitClient(transport, LocalStorage(settings.state_dir / "storage"))
 
 

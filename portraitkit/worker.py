@@ -27,7 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from portraitkit.errors import PermanentGenerationError, PortraitkitError, WorkerFailed
@@ -71,6 +71,13 @@ class WorkerStats:
     failed: int = 0
     discarded: int = 0
     released: int = 0
+
+
+class _Lease(NamedTuple):
+    """A claimed item's task and the attempt it runs (what the lease is, to the SQL)."""
+
+    task: asyncio.Task[None]
+    attempt: int
 
 
 class _SourceCache:
@@ -187,10 +194,9 @@ class Worker:
         # of those, the ones still rendering or storing hold a slot. An item waiting for its
         # result to be recorded gives its slot back, so the next claim runs while the
         # completion is in flight and the database and this process work side by side.
-        self._running: dict[UUID, asyncio.Task[None]] = {}
+        self._running: dict[UUID, _Lease] = {}
         self._rendering: set[asyncio.Task[None]] = set()
         self._lost: set[asyncio.Task[None]] = set()  # abandoned: their lease is gone
-        self._attempts: dict[asyncio.Task[None], int] = {}  # the attempt each task runs
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
 
@@ -260,13 +266,12 @@ class Worker:
                 for item in claimed:
                     self.stats.claimed += 1
                     stale = self._running.get(item.id)
-                    if stale is not None and not stale.done():
+                    if stale is not None and not stale.task.done():
                         # Our own earlier attempt, whose lease ran out meanwhile (recovered
                         # and claimed again): that attempt is no longer ours to finish.
-                        self._abandon(stale)
+                        self._abandon(stale.task)
                     task = asyncio.create_task(self._process(item), name=str(item.id))
-                    self._running[item.id] = task
-                    self._attempts[task] = item.attempts
+                    self._running[item.id] = _Lease(task, item.attempts)
                     self._rendering.add(task)
             if once and not claimed and not self._running:
                 # An empty claim can be a pending row another transaction holds for a moment
@@ -390,8 +395,8 @@ class Worker:
             me = asyncio.current_task()
             if me is not None:
                 self._lost.discard(me)
-                self._attempts.pop(me, None)
-            if self._running.get(item.id) is me:
+            lease = self._running.get(item.id)
+            if lease is not None and lease.task is me:
                 del self._running[item.id]
             self._give_back_slot()
             if log.isEnabledFor(logging.INFO):
@@ -427,15 +432,13 @@ class Worker:
         while True:
             await asyncio.sleep(self.options.heartbeat_seconds)
             holding = dict(self._running)
-            held = await self.queue.heartbeat(
-                {gid: self._attempts.get(task, 0) for gid, task in holding.items()}
-            )
+            held = await self.queue.heartbeat({gid: h.attempt for gid, h in holding.items()})
             for lost in holding.keys() - held:
-                task = holding[lost]
+                task = holding[lost].task
                 # Only an item still rendering is abandoned: one whose result is being
                 # recorded may have just completed (and so left 'processing'), and one
                 # claimed again since the snapshot is a new task with a new lease.
-                if task in self._rendering and self._running.get(lost) is task:
+                if task in self._rendering and self._running.get(lost) is holding[lost]:
                     self._abandon(task)
 
     async def _recover_loop(self) -> None:
@@ -450,7 +453,8 @@ class Worker:
         """Let in-flight items finish within the grace period (the completer and the
         heartbeat keep running for them), give the rest back, record the last results."""
         if self._running:
-            _done, late = await asyncio.wait(set(self._running.values()), timeout=grace)
+            tasks = {lease.task for lease in self._running.values()}
+            _done, late = await asyncio.wait(tasks, timeout=grace)
             if late:
                 ids = {UUID(t.get_name()) for t in late}
                 for task in late:

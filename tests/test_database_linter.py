@@ -18,11 +18,9 @@ Why not the Supabase CLI: `supabase db lint` runs plpgsql_check, not splinter, a
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 import uuid
@@ -39,6 +37,7 @@ from psycopg import sql
 from portraitkit.database.embedded import EmbeddedPostgres
 from portraitkit.database.migrations import Migrator
 from portraitkit.database.schema_files import schema_dirs
+from tests.npm import npm_install
 
 PACKAGE = "@postgrestools/postgrestools"
 LINTER_VERSION = "0.25.7"  # the newest on npm (its splinter rules: lints 0001-0024)
@@ -110,11 +109,6 @@ def named_objects(message: str) -> tuple[tuple[str, str], ...]:
 # --- the linter, installed once per machine --------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "portraitkit" / "postgrestools" / LINTER_VERSION
-
-
 def _installed_version(entry: Path) -> str | None:
     if not entry.exists():
         return None
@@ -132,38 +126,9 @@ def _installed_version(entry: Path) -> str | None:
 @pytest.fixture(scope="session")
 def linter() -> Path:
     """The `postgrestools` command of the pinned version, installed with npm on first use."""
-    prefix = _cache_dir()
-    entry = prefix / "node_modules" / ".bin" / "postgrestools"
-    if _installed_version(entry) == LINTER_VERSION:
-        return entry
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip(f"npm is not installed: cannot install {PACKAGE}@{LINTER_VERSION}")
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / f".{LINTER_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test runs)
-        if _installed_version(entry) != LINTER_VERSION:
-            # The binary comes in a per-platform optional dependency; no postinstall download.
-            done = subprocess.run(
-                [
-                    npm,
-                    "install",
-                    "--prefix",
-                    str(prefix),
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    f"{PACKAGE}@{LINTER_VERSION}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert done.returncode == 0, (
-                f"npm install {PACKAGE}@{LINTER_VERSION} failed:\n{done.stderr}"
-            )
-    assert _installed_version(entry) == LINTER_VERSION, f"{entry} is not {LINTER_VERSION}"
-    return entry
+    entry = Path("node_modules") / ".bin" / "postgrestools"
+    ready = lambda prefix: _installed_version(prefix / entry) == LINTER_VERSION  # noqa: E731
+    return npm_install(PACKAGE, LINTER_VERSION, ready=ready, name="postgrestools") / entry
 
 
 # Only the database linter, with every splinter rule at its own level; no config file of

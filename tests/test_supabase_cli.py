@@ -18,7 +18,6 @@ What is shown:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from portraitkit.database.migrations import Migrator, local_migrations
 from portraitkit.database.schema_files import schema_dirs
 from portraitkit.database.sqlsplit import split_statements
 from portraitkit.errors import MigrationHistoryError
+from tests.npm import npm_install
 
 CLI_VERSION = "2.117.0"
 CLI_TIMEOUT = 120
@@ -45,11 +45,6 @@ CLI_ENV = {
     "SUPABASE_TELEMETRY_DISABLED": "1",
     "DO_NOT_TRACK": "1",
 }
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "portraitkit" / "supabase-cli" / CLI_VERSION
 
 
 def _cli_version(entry: Path) -> str | None:
@@ -71,39 +66,9 @@ def _cli_version(entry: Path) -> str | None:
 @pytest.fixture(scope="session")
 def supabase_cli() -> Path:
     """The `supabase` command of the pinned CLI version, installed with npm on first use."""
-    prefix = _cache_dir()
-    entry = prefix / "node_modules" / ".bin" / "supabase"
-    if _cli_version(entry) == CLI_VERSION:
-        return entry
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip(
-            f"npm is not installed: cannot install the Supabase CLI (supabase@{CLI_VERSION})"
-        )
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / f".{CLI_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test runs)
-        if _cli_version(entry) != CLI_VERSION:
-            done = subprocess.run(
-                [
-                    npm,
-                    "install",
-                    "--prefix",
-                    str(prefix),
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    f"supabase@{CLI_VERSION}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert done.returncode == 0, (
-                f"npm install supabase@{CLI_VERSION} failed:\n{done.stderr}"
-            )
-    assert _cli_version(entry) == CLI_VERSION, f"{entry} does not run as CLI {CLI_VERSION}"
-    return entry
+    entry = Path("node_modules") / ".bin" / "supabase"
+    ready = lambda prefix: _cli_version(prefix / entry) == CLI_VERSION  # noqa: E731
+    return npm_install("supabase", CLI_VERSION, ready=ready, name="supabase-cli") / entry
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ What is shown:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -29,11 +28,11 @@ from typer.testing import CliRunner
 
 from portraitkit.database.connection import connect
 from portraitkit.typescript import collation_key, generate
+from tests.npm import npm_install
 
 TYPESCRIPT_VERSION = "7.0.2"
 POSTGRES_META_VERSION = "0.96.6"  # the image the Supabase CLI runs for `gen types`
 APP_USAGE = Path(__file__).parent / "data" / "typescript" / "app.ts"
-NPM_TIMEOUT = 600
 RUN_TIMEOUT = 120
 
 # Each line a mistake the types must catch (line numbers are asserted below).
@@ -46,48 +45,11 @@ export const status: Database["public"]["Enums"]["batch_status"] = "done"
 """
 
 
-def _cache_dir(package: str, version: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "portraitkit" / package.replace("/", "+") / version
-
-
-def _npm_install(package: str, version: str, installed: Path) -> Path:
-    """The prefix holding ``package@version``, installed there with npm unless ``installed``
-    (a path inside it) already exists."""
-    prefix = _cache_dir(package, version)
-    if (prefix / installed).is_file():
-        return prefix
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip(f"npm is not installed: cannot install {package}@{version}")
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix.parent / f".{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test runs)
-        if not (prefix / installed).is_file():
-            done = subprocess.run(
-                [
-                    npm,
-                    "install",
-                    "--prefix",
-                    str(prefix),
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    f"{package}@{version}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=NPM_TIMEOUT,
-            )
-            assert done.returncode == 0, f"npm install {package}@{version} failed:\n{done.stderr}"
-    return prefix
-
-
 @pytest.fixture(scope="session")
 def tsc() -> Path:
     """The `tsc` of the pinned TypeScript."""
     entry = Path("node_modules") / ".bin" / "tsc"
-    prefix = _npm_install("typescript", TYPESCRIPT_VERSION, entry)
+    prefix = npm_install("typescript", TYPESCRIPT_VERSION, ready=lambda p: (p / entry).is_file())
     version = subprocess.run(
         [str(prefix / entry), "--version"], capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
@@ -99,8 +61,10 @@ def tsc() -> Path:
 def postgres_meta() -> Path:
     """postgres-meta's server script, which prints the types and exits when asked to."""
     package = Path("node_modules") / "@supabase" / "postgres-meta"
-    prefix = _npm_install(
-        "@supabase/postgres-meta", POSTGRES_META_VERSION, package / "package.json"
+    prefix = npm_install(
+        "@supabase/postgres-meta",
+        POSTGRES_META_VERSION,
+        ready=lambda p: (p / package / "package.json").is_file(),
     )
     return prefix / package / "dist" / "server" / "server.js"
 

@@ -7,7 +7,7 @@ the HTTP status the contract's code maps to (docs/contract.md).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from itertools import groupby
 from typing import Annotated, Any
 from uuid import UUID
@@ -20,7 +20,6 @@ from starlette.datastructures import UploadFile
 from portraitkit.client import PortraitClient
 from portraitkit.errors import (
     InvalidInput,
-    NotAllowed,
     NotAuthenticated,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -74,10 +73,7 @@ async def bearer(
     token = credentials.credentials.strip() if credentials is not None else ""
     if not token:
         raise NotAuthenticated("Send the user's access token as `Authorization: Bearer <token>`.")
-    claims = await backend_of(request).verifier.verify(token)
-    if claims.get("role") != "authenticated":
-        raise NotAllowed("This API acts for signed-in users only.")
-    return token, claims
+    return token, await backend_of(request).user_claims(token)
 
 
 async def user_client(
@@ -157,7 +153,7 @@ async def create_batch(
         try:
             body = CreateFromStorage.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise _invalid(exc) from exc
+            raise invalid_input(exc.errors(), where="body") from exc
         source, styles, custom_prompt = body.source_path, body.styles, body.custom_prompt
     else:
         raise UnsupportedMediaType(
@@ -175,9 +171,12 @@ def _too_large(size: int) -> PayloadTooLarge:
     )
 
 
-def _invalid(exc: ValidationError) -> InvalidInput:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+def invalid_input(errors: Sequence[Any], *, where: str) -> InvalidInput:
+    """pydantic's (or FastAPI's) validation errors as the contract's ``invalid_input``,
+    naming the first offending field; ``where`` when the errors name none."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or where
     return InvalidInput(f"{field}: {first.get('msg', 'invalid')}.", details={"field": field})
 
 

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from portraitkit.errors import NotFound, PortraitkitError
 from portraitkit.service import open_worker
 from portraitkit.settings import Settings
-from portraitkit.web.api import ERRORS, backend_of, bearer, router
+from portraitkit.web.api import ERRORS, backend_of, bearer, invalid_input, router
 from portraitkit.web.backend import Backend
 from portraitkit.web.events import BatchEvents
 from portraitkit.web.schemas import BatchDetail, Health
@@ -102,11 +102,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         return _error(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
-        message = f"{field}: {first.get('msg', 'invalid')}."
-        return _error(400, "invalid_input", message, {"field": field})
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await contract_error(request, invalid_input(exc.errors(), where="request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -16,6 +16,7 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from portraitkit.client import PortraitClient
+from portraitkit.errors import NotAllowed
 from portraitkit.identity import ANONYMOUS, User, open_client
 from portraitkit.models import BatchSummary
 from portraitkit.session import database_url
@@ -54,6 +55,13 @@ class Backend:
     async def aclose(self) -> None:
         if self.pool is not None:
             await self.pool.close()
+
+    async def user_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a signed-in user's valid token; the service role is not a user."""
+        claims = await self.verifier.verify(token)
+        if claims.get("role") != "authenticated":
+            raise NotAllowed("This acts for signed-in users only.")
+        return claims
 
     @property
     def local_storage(self) -> LocalStorage:

@@ -40,7 +40,13 @@ from fastapi.templating import Jinja2Templates
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from portraitkit import admin
-from portraitkit.errors import InvalidInput, NotAuthenticated, NotFound, PortraitkitError
+from portraitkit.errors import (
+    InvalidInput,
+    NotAllowed,
+    NotAuthenticated,
+    NotFound,
+    PortraitkitError,
+)
 from portraitkit.models import BatchStatus
 from portraitkit.storage import MAX_SOURCE_BYTES
 from portraitkit.web.api import styles as style_catalogue
@@ -114,10 +120,9 @@ async def _session(request: Request) -> Session | None:
     if not token:
         return None
     try:
-        claims = await _backend(request).verifier.verify(token)
-    except NotAuthenticated:
+        return Session(token, await _backend(request).user_claims(token))
+    except (NotAuthenticated, NotAllowed):
         return None
-    return Session(token, claims) if claims.get("role") == "authenticated" else None
 
 
 def _safe_next(target: str | None) -> str:
@@ -222,10 +227,8 @@ async def signin(request: Request) -> Response:
     email, pasted = fields.get("email", "").strip(), fields.get("access_token", "").strip()
     try:
         if pasted:
-            token, ttl = pasted, None
-            claims = await backend.verifier.verify(token)
-            if claims.get("role") != "authenticated":
-                raise NotAuthenticated("That token is not a signed-in user's.")
+            token = pasted
+            claims = await backend.user_claims(token)
             ttl = max(60, int(claims["exp"]) - int(time.time()))
         elif _local_signin(request) and email:
             issued = await asyncio.to_thread(
@@ -295,11 +298,12 @@ async def batch_page(request: Request, batch_id: str) -> Response:
         return _to_signin(request)
     backend = _backend(request)
     async with backend.client(session.token, session.claims) as client:
+        balance = await client.balance()
         try:
             batch = await backend.detail(client, batch_id)
         except (NotFound, InvalidInput):  # another user's batch looks like none at all
-            return await _render(request, "missing.html", session, status=404)
-    return await _render(request, "batch.html", session, batch=batch)
+            return await _render(request, "missing.html", session, status=404, balance=balance)
+    return await _render(request, "batch.html", session, batch=batch, balance=balance)
 
 
 @router.get("/new")
