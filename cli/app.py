@@ -9,7 +9,7 @@ import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from . import batches, catalogue, db, gen, run, serve, users
+from . import batches, catalogue, db, gen, run, serve, users, workers
 from .context import CliContext
 from .exit_codes import ExitCode
 from .output import report_error, report_usage_error
@@ -101,6 +101,7 @@ Global options (--json, -v, --state-dir, --database-url, --supabase-url) may als
 app.command("demo")(run.demo)
 app.command("styles")(catalogue.styles)
 app.command("worker")(run.worker)
+app.command("workers")(workers.workers)
 app.command("serve")(serve.serve)
 app.command("stats")(batches.stats)
 app.add_typer(batches.app, name="batches")

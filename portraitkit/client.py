@@ -26,6 +26,7 @@ from portraitkit.models import (
     RetryResult,
     Stats,
     Style,
+    WorkerRecord,
 )
 from portraitkit.storage import Storage, source_object_path, validate_source_image
 from portraitkit.transports.base import Transport
@@ -71,7 +72,7 @@ class PortraitClient:
             if isinstance(source, bytes)
             else await asyncio.to_thread(Path(source).read_bytes)
         )
-        info = validate_source_image(data)
+        info = validate_source_image(data, None if isinstance(source, bytes) else str(source))
         path = source_object_path(self.user_id, data, info)
         await self.storage.put(path, data, info.content_type)
         return path
@@ -148,6 +149,18 @@ class PortraitClient:
 
     async def stats(self) -> Stats:
         return Stats.model_validate(await self.transport.rpc("batch_stats", retry_safe=True))
+
+    async def workers_online(self) -> int:
+        """How many workers are live (checked in and not stopped): a pending batch waits
+        for nothing else."""
+        return int(await self.transport.rpc("workers_online", retry_safe=True) or 0)
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerRecord]:
+        """Every live worker, or every recorded one (service role)."""
+        rows = await self.transport.rpc(
+            "list_workers", {"include_stopped": include_stopped}, retry_safe=True
+        )
+        return [WorkerRecord.model_validate(row) for row in rows or []]
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -164,3 +164,26 @@ class RecoveredLeases(_Model):
 
     requeued: int
     failed: int
+
+
+class WorkerState(StrEnum):
+    LIVE = "live"
+    STOPPED = "stopped"
+    LOST = "lost"  # stopped checking in without saying goodbye (killed, or cut off)
+
+
+class WorkerRecord(_Model):
+    """One worker process as its heartbeats last reported it (``list_workers``)."""
+
+    worker_id: str
+    status: WorkerState
+    hostname: str | None = None
+    pid: int | None = None
+    version: str | None = None
+    concurrency: int | None = None
+    generator: str | None = None
+    running: int
+    stats: dict[str, int] = {}
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None = None

@@ -1,8 +1,8 @@
 """The worker's typed view of the queue functions of the SQL contract (service role).
 
 Each method is one call of ``claim_generations``, ``heartbeat_generations``,
-``complete_generations``, ``fail_generation``, ``release_generations`` or
-``recover_expired_leases``, with typed arguments and results, retried with backoff on
+``complete_generations``, ``fail_generation``, ``release_generations``,
+``recover_expired_leases`` or ``worker_checkin``, with typed arguments and results, retried with backoff on
 transient errors (a dropped connection, a deadlock, a serialization failure, a timeout).
 Retrying is safe for each of them: a call that did not commit changed nothing, and a call
 whose answer was lost after its commit answers the same the second time (a completion is
@@ -114,6 +114,21 @@ class WorkQueue:
             "release_generations", {"worker_id": self.worker_id, "generation_ids": sorted(ids)}
         )
         return int(released or 0)
+
+    async def checkin(
+        self, info: Mapping[str, Any], ttl_seconds: int, *, stopping: bool = False
+    ) -> None:
+        """Record this worker as live for ``ttl_seconds`` more (or as stopped), so that
+        ``portraitkit workers`` and a user's watch can tell whether anybody is working."""
+        await self._call(
+            "worker_checkin",
+            {
+                "worker_id": self.worker_id,
+                "info": dict(info),
+                "ttl_seconds": ttl_seconds,
+                "stopping": stopping,
+            },
+        )
 
     async def recover(self) -> RecoveredLeases:
         """Put back the items of workers whose leases ran out (any worker may do it)."""

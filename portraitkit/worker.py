@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
+from portraitkit import __version__
 from portraitkit.errors import PermanentGenerationError, PortraitkitError, WorkerFailed
 from portraitkit.feeds import Feed, PollingFeed
 from portraitkit.generators.base import GenerationRequest, Generator
@@ -199,6 +201,7 @@ class Worker:
         self._lost: set[asyncio.Task[None]] = set()  # abandoned: their lease is gone
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._drained = asyncio.Event()  # set when the last running item has ended
 
     def stop(self) -> None:
         """Stop claiming; in-flight items get the grace period to finish."""
@@ -285,7 +288,7 @@ class Worker:
             if self._free_slots() < self._claim_threshold:
                 await self._wait_for_slot()
             elif not claimed or len(claimed) < free:
-                await self._wait_for_work()
+                await self._wait_for_work(once)
             # else: every slot asked for was filled; there may be more right away
 
     def _abandon(self, task: asyncio.Task[None]) -> None:
@@ -311,11 +314,18 @@ class Worker:
             if self._stopping.is_set():
                 return
 
-    async def _wait_for_work(self) -> None:
-        """Until the feed rings, a slot frees, or the poll interval (with jitter) ends."""
+    async def _wait_for_work(self, once: bool) -> None:
+        """Until the feed rings, a slot frees, or the poll interval (with jitter) ends; for
+        a ``--once`` run also until its last item ends, so it stops as soon as it is done."""
         self._slot_freed.clear()
+        self._drained.clear()
         timeout = self.options.poll_seconds * (0.8 + random.random() * 0.4)
-        await self._until(self._slot_freed.wait(), self.feed.wait(timeout))
+        waits = [self._slot_freed.wait(), self.feed.wait(timeout)]
+        if once:
+            if not self._running:
+                return
+            waits.append(self._drained.wait())
+        await self._until(*waits)
 
     async def _until(self, *waits: Awaitable[Any]) -> None:
         """Whichever comes first of ``waits`` and a stop request."""
@@ -398,6 +408,8 @@ class Worker:
             lease = self._running.get(item.id)
             if lease is not None and lease.task is me:
                 del self._running[item.id]
+                if not self._running:
+                    self._drained.set()
             self._give_back_slot()
             if log.isEnabledFor(logging.INFO):
                 log.info(
@@ -427,9 +439,27 @@ class Worker:
         self.stats.discarded += 1
         return "discarded"
 
+    def _presence(self) -> dict[str, Any]:
+        opts = self.options
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "concurrency": opts.concurrency,
+            "generator": opts.generator,
+            "stats": vars(self.stats),
+        }
+
+    @property
+    def _presence_ttl(self) -> int:
+        """How long a check-in holds: a few heartbeats, so one late beat is not a death."""
+        return max(5, math.ceil(self.options.heartbeat_seconds * 3))
+
     async def _heartbeat_loop(self) -> None:
-        """Renew the leases of every item this worker holds; abandon the ones it lost."""
+        """Say this worker is alive; renew the leases of every item it holds and abandon
+        the ones it lost."""
         while True:
+            await self.queue.checkin(self._presence(), self._presence_ttl)
             await asyncio.sleep(self.options.heartbeat_seconds)
             holding = dict(self._running)
             held = await self.queue.heartbeat({gid: h.attempt for gid, h in holding.items()})
@@ -468,6 +498,9 @@ class Worker:
             task.cancel()
         await asyncio.gather(*side_tasks, return_exceptions=True)
         await self._completer.aclose(give_up_after=LAST_FLUSH_SECONDS)
+        with contextlib.suppress(Exception):  # if it cannot be said, the record runs out
+            async with asyncio.timeout(LAST_FLUSH_SECONDS):
+                await self.queue.checkin(self._presence(), self._presence_ttl, stopping=True)
         for generator in self._generator_cache.values():
             close = getattr(generator, "aclose", None)
             if close is not None:
