@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from uuid import UUID
 
 from portraitkit.client import PortraitClient
 from portraitkit.database.connection import listen_url
+from portraitkit.errors import PortraitkitError
 from portraitkit.feeds import Feed, NotifyFeed, PollingFeed, RealtimeFeed
 from portraitkit.models import Batch
 from portraitkit.retrying import retrying
@@ -31,6 +32,9 @@ BATCHES_CHANNEL = "portraitkit_batches"
 BACKSTOP_SECONDS = 2.0
 MIN_INTERVAL_SECONDS = 0.05  # a burst of rings costs one read, not one per ring
 REALTIME_START_SECONDS = 3.0
+WORKERS_CHECK_SECONDS = 5.0
+NO_WORKER = "no worker is running: the batch waits until one starts (portraitkit worker)"
+WORKER_BACK = "a worker is running"
 
 
 async def watch_batch(
@@ -40,6 +44,7 @@ async def watch_batch(
     *,
     backstop: float = BACKSTOP_SECONDS,
     min_interval: float = MIN_INTERVAL_SECONDS,
+    on_note: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Batch]:
     """Yield the batch now, then each time it changes; the last snapshot is the final one.
 
@@ -48,8 +53,12 @@ async def watch_batch(
     (cancelling the watch, e.g. Ctrl-C, still ends it at once). Raises
     :class:`~portraitkit.errors.BatchNotFound` if the batch is not (or no longer) the
     user's, e.g. deleted while watched.
+
+    ``on_note`` hears :data:`NO_WORKER` when the batch has items waiting and no worker is
+    live (checked every few seconds while so), then :data:`WORKER_BACK` once one is.
     """
     last: Batch | None = None
+    workers = _WorkerPresence(client, on_note) if on_note else None
     while True:
         read_at = time.monotonic()
         if last is None:
@@ -61,10 +70,38 @@ async def watch_batch(
             last = batch
         if batch.status.is_final:
             return
+        if workers is not None:
+            await workers.check(batch)
         await feed.wait(backstop)
         pause = min_interval - (time.monotonic() - read_at)
         if pause > 0:
             await asyncio.sleep(pause)
+
+
+class _WorkerPresence:
+    """Whether anybody will work on a waiting batch: a watch would otherwise wait forever
+    with no hint when no worker runs."""
+
+    def __init__(self, client: PortraitClient, on_note: Callable[[str], None]) -> None:
+        self._client = client
+        self._on_note = on_note
+        self._checked_at = -WORKERS_CHECK_SECONDS
+        self._missing = False
+
+    async def check(self, batch: Batch) -> None:
+        waiting = batch.pending_count > 0 and batch.processing_count == 0
+        if not (waiting or self._missing):
+            return
+        if time.monotonic() - self._checked_at < WORKERS_CHECK_SECONDS:
+            return
+        self._checked_at = time.monotonic()
+        try:
+            missing = await self._client.workers_online() == 0
+        except PortraitkitError:  # a hint only: never the reason a watch fails
+            return
+        if missing != self._missing:
+            self._missing = missing
+            self._on_note(NO_WORKER if missing else WORKER_BACK)
 
 
 async def _reread(client: PortraitClient, batch_id: UUID | str) -> Batch:

@@ -9,11 +9,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from portraitkit import watch
 from portraitkit.admin import open_service_client
 from portraitkit.errors import InvalidInput, NotAllowed
+from portraitkit.feeds import PollingFeed
 from portraitkit.generators import get_generator
 from portraitkit.generators.sample import sample_portrait_png
-from portraitkit.models import WorkerState
+from portraitkit.models import Batch, BatchStatus, WorkerState
 from portraitkit.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +142,42 @@ async def test_once_stops_as_soon_as_its_last_item_is_recorded(
         stats = await asyncio.wait_for(worker.run(once=True), timeout=60)
     assert stats.completed == 3
     assert (await user.get_batch(batch_id)).completed_count == 3
+
+
+async def test_a_watch_says_when_no_worker_is_running_and_when_one_is(
+    make_client: Callable[..., Any],
+    worker_factory: Callable[..., Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch, "WORKERS_CHECK_SECONDS", 0.1)
+    user = make_client()
+    batch_id = await user.create_batch(["noir"], sample_portrait_png())
+    notes: list[str] = []
+
+    async def follow() -> list[Batch]:
+        feed = PollingFeed()
+        return [
+            b
+            async for b in watch.watch_batch(
+                user, batch_id, feed, backstop=0.05, on_note=notes.append
+            )
+        ]
+
+    async def noted(count: int) -> bool:
+        return len(notes) >= count
+
+    watching = asyncio.create_task(follow())
+    await _until(lambda: noted(1))
+    assert notes == [watch.NO_WORKER]
+    async with await open_service_client(settings) as service:  # a worker comes up
+        await service.transport.rpc("worker_checkin", {"worker_id": "w-arriving"})
+    await _until(lambda: noted(2))
+    assert notes == [watch.NO_WORKER, watch.WORKER_BACK]
+    async with worker_factory(get_generator) as worker:
+        running = asyncio.create_task(worker.run())
+        snapshots = await asyncio.wait_for(watching, 60)
+        worker.stop()
+        await running
+    assert snapshots[-1].status is BatchStatus.COMPLETED
+    assert notes == [watch.NO_WORKER, watch.WORKER_BACK]
