@@ -331,10 +331,17 @@ class Worker:
         """Whichever comes first of ``waits`` and a stop request."""
         tasks = {asyncio.ensure_future(w) for w in (*waits, self._stopping.wait())}
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
+        for task in done:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                # Only the doorbell can fail here (e.g. Realtime refused its token): the
+                # worker still finds its work by polling, so it is said, not fatal.
+                log.warning(
+                    "wake-ups unavailable, polling: %s", error, extra={"event": "feed_failed"}
+                )
 
     async def _unless_stopped(self, call: Awaitable[T]) -> T | None:
         """``call``'s result, or None when a stop request comes first (a claim retrying

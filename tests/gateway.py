@@ -6,11 +6,17 @@ Each part refuses what its real counterpart refuses, checked independently of
 portraitkit's own code:
 
 - **API gateway** (Kong on Supabase): every route but Storage's signed and public
-  downloads needs ``apikey`` to be one of the project's keys (the legacy anon and
-  service_role JWTs, or the opaque ``sb_publishable_...``/``sb_secret_...`` keys); without
-  a usable ``Authorization`` it passes on the key's role token (publishable: anon, secret:
-  service_role), and it drops ``Authorization: Bearer sb_...``, which older clients send
-  (Supabase CLI, internal/start/start.go, the Kong ``BearerToken`` rule).
+  downloads and Auth's JWKS needs ``apikey`` to be one of the project's keys (the legacy
+  anon and service_role JWTs, or the opaque ``sb_publishable_...``/``sb_secret_...`` keys:
+  anything else is 401 "Invalid API key"). Without ``Authorization`` it passes on the
+  key's role token (publishable or anon: anon; secret or service_role: service_role);
+  an ``Authorization`` that comes with the request goes through untouched, so a
+  ``Bearer sb_...`` (what supabase-py sends until someone signs in, supabase/supabase-py
+  #1230) reaches PostgREST and Storage, which refuse it as they refuse any bearer that is
+  not a JWT: PostgREST 401 ``PGRST301`` "Expected 3 parts in JWT; got 1", Storage 403
+  ``AccessDenied`` "Invalid Compact JWS" (in its HTTP 400 envelope). The Supabase CLI's
+  local Kong drops such a header instead (internal/start/start.go, its ``BearerToken``
+  rule); the stand-in does not, on purpose, so a client that sends one fails here.
 - **PostgREST** (``/rest/v1``): tests/postgrest.py. Logs in as ``authenticator`` and can
   only switch to anon, authenticated and service_role.
 - **Storage** (``/storage/v1``): tests/storage_api.py. Objects are ``storage.objects`` rows
@@ -18,7 +24,10 @@ portraitkit's own code:
   the storage schema (:func:`create_supabase_database`); on a database without one it falls
   back to tests/storage_folder.py (a directory where a user's objects are under their id).
 - **Auth** (``/auth/v1``): the password and refresh-token grants, answering with
-  Supabase-shaped sessions; users are real ``auth.users`` rows.
+  Supabase-shaped sessions; users are real ``auth.users`` rows. Access tokens are signed
+  with the project's JWT secret (HS256), or with ``user_tokens="ES256"`` with its key pair,
+  as new projects sign them; the public key is served at ``/auth/v1/.well-known/jwks.json``
+  and PostgREST, Storage and tests/realtime.py verify both kinds.
 
 Faults: ``gateway.fail(path, *faults)`` makes the next requests to ``path`` meet them in
 order: ``"drop"`` (the connection fails before the server sees the request),
@@ -39,12 +48,13 @@ from datetime import date, datetime
 from datetime import time as clock_time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jwt
 import psycopg
 import respx
+from cryptography.hazmat.primitives.asymmetric import ec
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -61,17 +71,22 @@ Fault = str | httpx.Response
 STORAGE_SCHEMA = Path(__file__).parent / "sql" / "storage_schema.sql"
 # Storage routes the gateway lets through without a key: links handed to browsers.
 OPEN_ROUTES = ("/storage/v1/object/sign/", "/storage/v1/object/public/")
+JWKS_PATH = "/auth/v1/.well-known/jwks.json"
+UserTokens = Literal["HS256", "ES256"]
 
 
 @dataclass(frozen=True)
 class ProjectKeys:
-    """A project's JWT secret and API keys, shared by the gateway and the Realtime stand-in."""
+    """A project's JWT secret, signing key pair and API keys, shared by the gateway and the
+    Realtime stand-in."""
 
     jwt_secret: str
     anon_key: str
     service_key: str
     publishable_key: str
     secret_key: str
+    signing_key: ec.EllipticCurvePrivateKey
+    signing_kid: str
 
     @classmethod
     def create(cls, jwt_secret: str) -> ProjectKeys:
@@ -87,6 +102,18 @@ class ProjectKeys:
             service_key=issue_service_token(jwt_secret),
             publishable_key=f"sb_publishable_{secrets.token_urlsafe(16)}",
             secret_key=f"sb_secret_{secrets.token_urlsafe(16)}",
+            signing_key=ec.generate_private_key(ec.SECP256R1()),
+            signing_kid=str(uuid.uuid4()),
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The public half of the signing key, as Supabase Auth publishes it."""
+        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.signing_key.public_key()))
+        return {"keys": [{**public, "kid": self.signing_kid, "alg": "ES256", "use": "sig"}]}
+
+    def sign_es256(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(
+            claims, self.signing_key, algorithm="ES256", headers={"kid": self.signing_kid}
         )
 
     def role_token(self, apikey: str) -> str | None:
@@ -148,6 +175,7 @@ class Gateway:
         storage_root: Path,
         access_token_ttl: int = 3600,
         keys: ProjectKeys | None = None,
+        user_tokens: UserTokens = "HS256",
     ) -> None:
         self.conninfo = conninfo
         self.keys = keys or ProjectKeys.create(jwt_secret)
@@ -155,17 +183,21 @@ class Gateway:
             raise ValueError("the project keys belong to another JWT secret")
         self.secret = jwt_secret
         self.access_token_ttl = access_token_ttl
+        self.user_tokens: UserTokens = user_tokens
         self.requests: list[tuple[str, str]] = []
+        self.received: list[httpx.Request] = []  # as they arrived, headers and all
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
         self._passwords: dict[str, str] = {}
         self._refresh_tokens: dict[str, LocalUser] = {}
         self._conn: psycopg.Connection[Any] | None = None
-        self.postgrest = PostgREST(conninfo, jwt_secret)
+        self.postgrest = PostgREST(conninfo, jwt_secret, self.keys.jwks())
         has_storage = self.conn.execute(
             "select to_regclass('storage.objects') is not null"
         ).fetchone()
         self.storage: StorageAPI | FolderStorageAPI = (
-            StorageAPI(self.postgrest.conninfo, conninfo, jwt_secret, Path(storage_root))
+            StorageAPI(
+                self.postgrest.conninfo, conninfo, jwt_secret, Path(storage_root), self.keys.jwks()
+            )
             if has_storage and has_storage[0]
             else FolderStorageAPI(jwt_secret, Path(storage_root))
         )
@@ -209,13 +241,23 @@ class Gateway:
         refresh_token = secrets.token_urlsafe(16)
         self._refresh_tokens[refresh_token] = user
         return {
-            "access_token": issue_user_token(self.secret, user.id, user.email, ttl=ttl),
+            "access_token": self.user_token(user, ttl),
             "token_type": "bearer",
             "expires_in": ttl,
             "expires_at": int(time.time()) + ttl,
             "refresh_token": refresh_token,
             "user": self._user_json(user.id),
         }
+
+    def user_token(self, user: LocalUser, ttl: int | None = None) -> str:
+        """An access token as Supabase Auth signs it: the claims of portraitkit's local
+        tokens (Supabase's own), with the secret or, on ``user_tokens="ES256"``, the key
+        pair."""
+        ttl = self.access_token_ttl if ttl is None else ttl
+        token = issue_user_token(self.secret, user.id, user.email, ttl=ttl)
+        if self.user_tokens == "HS256":
+            return token
+        return self.keys.sign_es256(jwt.decode(token, options={"verify_signature": False}))
 
     def fail(self, path: str, *faults: Fault) -> None:
         self._faults[path].extend(faults)
@@ -228,6 +270,7 @@ class Gateway:
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         self.requests.append((request.method, path))
+        self.received.append(request)
         fault = self._faults[path].popleft() if self._faults[path] else None
         if isinstance(fault, httpx.Response):
             return fault
@@ -245,6 +288,8 @@ class Gateway:
     def _serve(self, request: httpx.Request, path: str) -> httpx.Response:
         if request.method == "GET" and path.startswith(OPEN_ROUTES):
             return self.storage.handle(request, path.removeprefix("/storage/v1/"), None)
+        if request.method == "GET" and path == JWKS_PATH:
+            return json_response(200, self.keys.jwks())
         apikey = request.headers.get("apikey") or request.url.params.get("apikey")
         if not apikey:
             return json_response(
@@ -263,9 +308,9 @@ class Gateway:
                     "hint": "Double check your Supabase `anon` or `service_role` API key.",
                 },
             )
-        authorization = request.headers.get("authorization")
-        if authorization is None or authorization.startswith("Bearer sb_"):
-            authorization = f"Bearer {key_token}"
+        # Passed on as it came: a bearer that is not a JWT is PostgREST's and Storage's to
+        # refuse. Only a request without one acts as the key's role.
+        authorization = request.headers.get("authorization") or f"Bearer {key_token}"
         token = authorization[7:] if authorization[:7].lower() == "bearer " else None
         if path.startswith("/rest/v1/"):
             return self.postgrest.handle(request, path.removeprefix("/rest/v1/"), token)

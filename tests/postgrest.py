@@ -7,8 +7,10 @@ It checks what real PostgREST checks, independently of portraitkit's own code:
   so a token claiming any other role fails the way PostgREST's does: PostgreSQL refuses
   the switch (42501 ``permission denied to set role``, 403; or 22023 ``role ... does not
   exist``, 401 since PostgREST 13).
-- It verifies JWTs itself (HS256 family, ``exp``/``nbf``/``iat`` with PostgREST's 30 s
-  skew, any ``aud``) and answers PGRST301/PGRST303 with PostgREST's messages.
+- It verifies JWTs itself (HS256 family with the project's secret; ES256/RS256/EdDSA with
+  the key of the project's JWKS that the token's ``kid`` names, as new projects sign user
+  tokens; ``exp``/``nbf``/``iat`` with PostgREST's 30 s skew, any ``aud``) and answers
+  PGRST301/PGRST303 with PostgREST's messages.
 - RPC builds PostgREST's own SQL: the JSON body goes through ``json_to_record`` typed by
   the function's declared parameters, the function is called with named arguments, and
   the answer is built by PostgreSQL's ``json_agg`` (a scalar's value, or rows). A POST to
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +44,9 @@ AUTHENTICATOR = "authenticator"
 # Test-only: the embedded server is private to the test session.
 AUTHENTICATOR_PASSWORD = "portraitkit-test-authenticator"
 JWT_ALGORITHMS = ["HS256", "HS384", "HS512"]
+ASYMMETRIC_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 ALLOWED_SKEW_SECONDS = 30  # PostgREST Auth/Jwt.hs
+Jwks = Mapping[str, Any]
 
 
 def authenticator_conninfo(superuser_conninfo: str) -> str:
@@ -98,7 +103,25 @@ class JwtRejected(Exception):
         return answer
 
 
-def verify_jwt(secret: str, token: str) -> Claims:
+def verification_key(token: str, secret: str, jwks: Jwks | None) -> tuple[Any, list[str]]:
+    """The key a token's header asks for, and the algorithms it may be used with: the
+    shared secret for the HS256 family, else the JWKS key its ``kid`` names (its algorithm
+    from the key, never from the token). Shared by the stand-ins, which verify alike.
+    Raises ``jwt.InvalidAlgorithmError`` or ``jwt.InvalidKeyError`` (no such key)."""
+    header = jwt.get_unverified_header(token)
+    algorithm = header.get("alg")
+    if algorithm in JWT_ALGORITHMS:
+        return secret, JWT_ALGORITHMS
+    if algorithm not in ASYMMETRIC_ALGORITHMS:
+        raise jwt.InvalidAlgorithmError(f"The algorithm {algorithm!r} is not allowed")
+    for candidate in (jwks or {}).get("keys", []):
+        if candidate.get("kid") == header.get("kid") and candidate.get("kty") != "oct":
+            key = jwt.PyJWK.from_dict(dict(candidate))
+            return key.key, [key.algorithm_name]
+    raise jwt.InvalidKeyError("No key of the project's JWKS matches the token")
+
+
+def verify_jwt(secret: str, token: str, jwks: Jwks | None = None) -> Claims:
     """The claims of a token PostgREST would accept, else :class:`JwtRejected`."""
     if not token:
         raise JwtRejected("PGRST301", "Empty JWT is sent in Authorization header")
@@ -106,10 +129,11 @@ def verify_jwt(secret: str, token: str) -> Claims:
     if len(parts) != 3:
         raise JwtRejected("PGRST301", f"Expected 3 parts in JWT; got {len(parts)}")
     try:
+        key, algorithms = verification_key(token, secret, jwks)
         claims = jwt.decode(
             token,
-            secret,
-            algorithms=JWT_ALGORITHMS,
+            key,
+            algorithms=algorithms,
             options={
                 "verify_exp": False,
                 "verify_nbf": False,
@@ -119,7 +143,7 @@ def verify_jwt(secret: str, token: str) -> Claims:
         )
     except jwt.InvalidAlgorithmError as exc:
         raise JwtRejected("PGRST301", "Wrong or unsupported encoding algorithm", str(exc)) from exc
-    except jwt.InvalidSignatureError as exc:
+    except (jwt.InvalidSignatureError, jwt.InvalidKeyError) as exc:
         raise JwtRejected(
             "PGRST301",
             "No suitable key or wrong key type",
@@ -359,9 +383,10 @@ def load_routines(conn: psycopg.Connection[Any], name: str) -> list[Routine]:
 class PostgREST:
     """``/rest/v1``: RPC (POST) and table reads (GET with ``select`` and ``order``)."""
 
-    def __init__(self, superuser_conninfo: str, secret: str) -> None:
+    def __init__(self, superuser_conninfo: str, secret: str, jwks: Jwks | None = None) -> None:
         self.conninfo = authenticator_conninfo(superuser_conninfo)
         self.secret = secret
+        self.jwks = jwks
         self._conn: psycopg.Connection[Any] | None = None
 
     @property
@@ -377,7 +402,7 @@ class PostgREST:
     def handle(self, request: httpx.Request, resource: str, token: str | None) -> httpx.Response:
         """``token``: the bearer token the API gateway passed on (None: anonymous)."""
         try:
-            claims = verify_jwt(self.secret, token) if token is not None else {}
+            claims = verify_jwt(self.secret, token, self.jwks) if token is not None else {}
         except JwtRejected as rejected:
             return rejected.response()
         if resource.startswith("rpc/") and request.method == "POST":

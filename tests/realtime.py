@@ -7,17 +7,26 @@ gives each binding an id; heartbeats on topic `phoenix`; change messages carryin
 `{data, ids}`), in front of the real test database. It refuses what Realtime refuses
 (supabase/realtime: user_socket.ex, realtime_channel.ex, postgres_cdc_rls):
 
-- the socket's `apikey` must be a project key (the API gateway's check), whose JWT must
-  verify with the project secret and carry `role` and `exp`: else HTTP 401 at the
-  handshake, `{"error": ...}`;
-- each join's `access_token` (an `sb_...` key means the socket's token) must verify
-  likewise: else `phx_reply` with status `error` and Realtime's reason, and no bindings;
-  an `access_token` message later replaces the claims, or closes the channel if invalid;
+- the socket's `apikey` must be a project key (the API gateway's check, which passes on
+  the key's role JWT), whose JWT must verify with the project secret and carry `role` and
+  `exp`: else HTTP 401 at the handshake, `{"error": ...}`;
+- each join acts with its `user_token` or `access_token`, or without one the socket's
+  token (realtime_channel.ex, assign_access_token), which must verify likewise (HS256 with
+  the secret, or ES256 with the project's JWKS key its `kid` names): else `phx_reply`
+  with status `error` and Realtime's reason, and no bindings. An `sb_...` key is not a
+  JWT: "InvalidJWTToken: Token claims must be a map";
+- an `access_token` message later replaces the claims; an invalid one closes the channel
+  (a `system` error, then `phx_close`), and so does the token's expiry ("Token has
+  expired N seconds ago"), as Realtime's confirm_token timer does;
 - a binding on a table outside the `supabase_realtime` publication gets Realtime's
   system error instead of a subscription;
 - a change reaches a subscriber only if that subscriber may select the row: one read per
   subscriber, as its role with its claims (`select 1 from <table> where id = $1`), as
   Realtime checks RLS.
+
+Tests can also make it refuse every join for a while (`refuse_joins(reason)`, e.g.
+"RealtimeRestarting: ...") and close every joined channel (`close_channels()`, as an
+operator's disconnect does).
 
 Changes reach it the way the WAL reaches Realtime, only simpler: a test-only row trigger
 NOTIFYs each change as JSON after commit, and the server handles them in order. supabase-py's
@@ -45,7 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tests.gateway import ProjectKeys
-from tests.postgrest import ANON_ROLE, authenticator_conninfo
+from tests.postgrest import ANON_ROLE, Jwks, authenticator_conninfo, verification_key
 
 CHANNEL = "test_realtime"
 
@@ -78,18 +87,21 @@ class TokenRefused(Exception):
     """Realtime's reason for refusing a token, e.g. "JwtSignatureError: ..."."""
 
 
-def verify_token(secret: str, token: str) -> dict[str, Any]:
+def verify_token(secret: str, token: str, jwks: Jwks | None = None) -> dict[str, Any]:
     """Realtime's ChannelsAuthorization.authorize_conn: a verified JWT with role and exp."""
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=["HS256", "HS384", "HS512"], options={"verify_aud": False}
-        )
+        jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:  # JwtVerification.check_claims_format
+        raise TokenRefused("InvalidJWTToken: Token claims must be a map") from exc
+    try:
+        key, algorithms = verification_key(token, secret, jwks)
+        claims = jwt.decode(token, key, algorithms=algorithms, options={"verify_aud": False})
     except jwt.ExpiredSignatureError as exc:
         expired = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
         raise TokenRefused(
             f"InvalidJWTToken: Token has expired {int(time.time()) - int(expired)} seconds ago"
         ) from exc
-    except jwt.InvalidSignatureError as exc:
+    except (jwt.InvalidSignatureError, jwt.InvalidKeyError) as exc:
         raise TokenRefused("JwtSignatureError: Failed to validate JWT signature") from exc
     except jwt.PyJWTError as exc:
         raise TokenRefused("MalformedJWT: The token provided is not a valid JWT") from exc
@@ -100,10 +112,12 @@ def verify_token(secret: str, token: str) -> dict[str, Any]:
 
 @dataclass
 class Subscription:
-    """One joined channel: its bindings and the claims of its latest access token."""
+    """One joined channel: its bindings, the claims of its latest access token, and the
+    timer that closes it when that token expires."""
 
     bindings: list[dict[str, Any]]
     claims: dict[str, Any]
+    expiry: asyncio.Task[None] | None = None
 
 
 def _matches(binding: dict[str, Any], change: dict[str, Any]) -> bool:
@@ -122,13 +136,16 @@ def _matches(binding: dict[str, Any], change: dict[str, Any]) -> bool:
 class RealtimeServer:
     """Realtime for one database and project. `drop_connections()` cuts every socket, as a
     restart of the service would; `joins` counts the channel joins it accepted, `refused`
-    the joins and handshakes it refused."""
+    the joins and handshakes it refused, `join_tokens` the token each join acted with."""
 
     def __init__(self, conninfo: str, keys: ProjectKeys) -> None:
         self.conninfo = conninfo
         self.keys = keys
+        self.jwks = keys.jwks()
         self.joins = 0
         self.refused = 0
+        self.join_tokens: list[str] = []
+        self.refusing: str | None = None
         self._server: Server | None = None
         self._listener: asyncio.Task[None] | None = None
         self._reader: psycopg.AsyncConnection[Any] | None = None
@@ -184,6 +201,35 @@ class RealtimeServer:
         for socket in list(self._subscriptions):
             await socket.close(code=1012, reason="service restart")
 
+    def refuse_joins(self, reason: str | None) -> None:
+        """Refuse every join with ``reason`` ("<code>: <message>") until called with None."""
+        self.refusing = reason
+
+    async def close_channels(self, message: str = "Server requested disconnect") -> None:
+        """Close every joined channel, sockets left open, as Realtime's operational
+        disconnect does (a `system` message, then `phx_close`)."""
+        for socket, topics in list(self._subscriptions.items()):
+            for topic in list(topics):
+                await self._close_channel(socket, topics, topic, "ok", message)
+
+    async def _close_channel(
+        self,
+        socket: ServerConnection,
+        topics: dict[str, Subscription],
+        topic: str,
+        status: str,
+        message: str,
+    ) -> None:
+        subscription = topics.pop(topic, None)
+        if subscription is not None and subscription.expiry is not None:
+            subscription.expiry.cancel()
+        with contextlib.suppress(ConnectionClosed):
+            channel = topic.removeprefix("realtime:")
+            await self._system(socket, topic, channel, status, message, extension="system")
+            await socket.send(
+                json.dumps({"event": "phx_close", "topic": topic, "payload": {}, "ref": None})
+            )
+
     async def _serve(self, port: int) -> Server:
         return await serve(self._session, "127.0.0.1", port, process_request=self._handshake)
 
@@ -198,7 +244,7 @@ class RealtimeServer:
         if token is None:
             return self._refuse(connection, "Invalid API key")
         try:
-            verify_token(self.keys.jwt_secret, token)
+            verify_token(self.keys.jwt_secret, token, self.jwks)
         except TokenRefused as refused:
             return self._refuse(connection, str(refused).partition(": ")[2])
         self._socket_tokens[connection] = token
@@ -223,13 +269,18 @@ class RealtimeServer:
                 elif event == "access_token":
                     await self._renew(socket, topics, topic, payload)
                 elif event == "phx_leave":
-                    topics.pop(topic, None)
+                    left = topics.pop(topic, None)
+                    if left is not None and left.expiry is not None:
+                        left.expiry.cancel()
                     await self._reply(socket, topic, ref, "ok", {})
                 elif event == "heartbeat":
                     await self._reply(socket, topic, ref, "ok", {})
         except ConnectionClosed:
             pass
         finally:
+            for subscription in topics.values():
+                if subscription.expiry is not None:
+                    subscription.expiry.cancel()
             self._subscriptions.pop(socket, None)
             self._socket_tokens.pop(socket, None)
 
@@ -241,9 +292,12 @@ class RealtimeServer:
         ref: str | None,
         payload: dict[str, Any],
     ) -> None:
-        socket_token = self._socket_tokens[socket]
+        token = self._join_token(payload, self._socket_tokens[socket])
+        self.join_tokens.append(token)
         try:
-            claims = verify_token(self.keys.jwt_secret, self._join_token(payload, socket_token))
+            if self.refusing is not None:
+                raise TokenRefused(self.refusing)
+            claims = verify_token(self.keys.jwt_secret, token, self.jwks)
         except TokenRefused as refused:
             self.refused += 1
             await self._reply(socket, topic, ref, "error", {"reason": str(refused)})
@@ -252,9 +306,13 @@ class RealtimeServer:
         bindings = [{**b, "id": self._take_id()} for b in requested]
         unpublished = [b for b in bindings if not await self._published(b)]
         # Subscribed before the reply: a change committed after the join is never missed.
+        previous = topics.get(topic)
+        if previous is not None and previous.expiry is not None:
+            previous.expiry.cancel()  # a rejoin of the same topic replaces the old one
         topics[topic] = Subscription(
             bindings=[b for b in bindings if b not in unpublished], claims=claims
         )
+        topics[topic].expiry = asyncio.create_task(self._expire(socket, topics, topic, claims))
         self.joins += 1
         await self._reply(socket, topic, ref, "ok", {"postgres_changes": bindings})
         if not bindings:
@@ -276,8 +334,28 @@ class RealtimeServer:
 
     @staticmethod
     def _join_token(payload: dict[str, Any], socket_token: str) -> str:
-        token = payload.get("access_token") or payload.get("user_token") or socket_token
-        return socket_token if str(token).startswith("sb_") else str(token)
+        for field in ("user_token", "access_token"):
+            if isinstance(payload.get(field), str):
+                return str(payload[field])
+        return socket_token
+
+    async def _expire(
+        self,
+        socket: ServerConnection,
+        topics: dict[str, Subscription],
+        topic: str,
+        claims: dict[str, Any],
+    ) -> None:
+        """Realtime's confirm_token timer: the channel closes when its token expires."""
+        await asyncio.sleep(max(0.0, float(claims["exp"]) - time.time()))
+        subscription = topics.get(topic)
+        if subscription is None or subscription.claims is not claims:
+            return
+        subscription.expiry = None  # this task: not to be cancelled by the close below
+        expired = int(time.time() - float(claims["exp"]))
+        await self._close_channel(
+            socket, topics, topic, "error", f"Token has expired {expired} seconds ago"
+        )
 
     async def _renew(
         self,
@@ -289,17 +367,17 @@ class RealtimeServer:
         """A new access token for a joined channel; an invalid one closes the channel."""
         subscription = topics.get(topic)
         token = payload.get("access_token")
-        if subscription is None or not token or str(token).startswith("sb_"):
-            return
+        if subscription is None or not isinstance(token, str):
+            return  # Realtime ignores a null token
         try:
-            subscription.claims = verify_token(self.keys.jwt_secret, str(token))
+            claims = verify_token(self.keys.jwt_secret, token, self.jwks)
         except TokenRefused as refused:
-            topics.pop(topic, None)
-            channel = topic.removeprefix("realtime:")
-            await self._system(socket, topic, channel, "error", str(refused))
-            await socket.send(
-                json.dumps({"event": "phx_close", "topic": topic, "payload": {}, "ref": None})
-            )
+            await self._close_channel(socket, topics, topic, "error", str(refused))
+            return
+        if subscription.expiry is not None:
+            subscription.expiry.cancel()
+        subscription.claims = claims
+        subscription.expiry = asyncio.create_task(self._expire(socket, topics, topic, claims))
 
     async def _published(self, binding: dict[str, Any]) -> bool:
         table = binding.get("table")
@@ -329,11 +407,16 @@ class RealtimeServer:
 
     @staticmethod
     async def _system(
-        socket: ServerConnection, topic: str, channel: str, status: str, message: str
+        socket: ServerConnection,
+        topic: str,
+        channel: str,
+        status: str,
+        message: str,
+        extension: str = "postgres_changes",
     ) -> None:
         payload = {
             "channel": channel,
-            "extension": "postgres_changes",
+            "extension": extension,
             "message": message,
             "status": status,
         }

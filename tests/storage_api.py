@@ -30,7 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.postgrest import ANON_ROLE, JWT_ALGORITHMS, Claims
+from tests.postgrest import ANON_ROLE, Claims, Jwks, verification_key
 
 # Storage's default global upload limit (FILE_SIZE_LIMIT, 50 MB); a bucket may lower it.
 GLOBAL_FILE_SIZE_LIMIT = 50 * 1024 * 1024
@@ -135,18 +135,24 @@ def read_upload(request: httpx.Request) -> Upload:
     )
 
 
-def verify_caller(secret: str, token: str | None) -> Claims:
-    """Storage's JWT check: a token that does not verify is AccessDenied (403)."""
+def verify_caller(secret: str, token: str | None, jwks: Jwks | None = None) -> Claims:
+    """Storage's JWT check (src/http/plugins/jwt.ts, src/internal/auth/jwt.ts): the secret
+    for HS256, the JWKS key for asymmetric tokens; a token that does not verify, an API key
+    sent as a bearer included, is AccessDenied (403) with jose's message."""
     if not token:
         raise access_denied("No token provided")
     try:
-        return jwt.decode(token, secret, algorithms=JWT_ALGORITHMS, options={"verify_aud": False})
+        key, algorithms = verification_key(token, secret, jwks)
+        claims: Claims = jwt.decode(
+            token, key, algorithms=algorithms, options={"verify_aud": False}
+        )
     except jwt.ExpiredSignatureError as exc:
         raise access_denied('"exp" claim timestamp check failed') from exc
-    except jwt.InvalidSignatureError as exc:
+    except (jwt.InvalidSignatureError, jwt.InvalidKeyError) as exc:
         raise access_denied("signature verification failed") from exc
     except jwt.PyJWTError as exc:
         raise access_denied("Invalid Compact JWS") from exc
+    return claims
 
 
 def signed_url(secret: str, bucket_id: str, key: str, expires_in: int) -> httpx.Response:
@@ -204,12 +210,21 @@ class ObjectFiles:
 class StorageAPI:
     """``/storage/v1``: object upload, download, remove and signed URLs."""
 
-    def __init__(self, api_conninfo: str, admin_conninfo: str, secret: str, root: Path) -> None:
+    def __init__(
+        self,
+        api_conninfo: str,
+        admin_conninfo: str,
+        secret: str,
+        root: Path,
+        jwks: Jwks | None = None,
+    ) -> None:
         """``api_conninfo`` logs in as authenticator (requests switch to the caller's role);
-        ``admin_conninfo`` is Storage's own view (buckets, signed downloads)."""
+        ``admin_conninfo`` is Storage's own view (buckets, signed downloads); ``jwks`` the
+        project's public keys, for user tokens signed with its key pair."""
         self._conninfos = {"api": api_conninfo, "admin": admin_conninfo}
         self._conns: dict[str, psycopg.Connection[Any]] = {}
         self.secret = secret
+        self.jwks = jwks
         self.files = ObjectFiles(root)
 
     def _connection(self, which: str) -> psycopg.Connection[Any]:
@@ -250,7 +265,7 @@ class StorageAPI:
             raise StorageError(
                 404, "NotFound", "Not Found", f"Route {method}:/{resource} not found"
             )
-        claims = verify_caller(self.secret, token)
+        claims = verify_caller(self.secret, token, self.jwks)
         if parts[1] == "sign" and method == "POST":
             return self._sign(request, parts[2], "/".join(parts[3:]), claims)
         if parts[1] == "authenticated" and method == "GET":

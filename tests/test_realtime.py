@@ -9,10 +9,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import respx
 
 from portraitkit.client import PortraitClient
+from portraitkit.errors import DatabaseUnavailable, NotAuthenticated
 from portraitkit.feeds import RealtimeFeed
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.models import BatchStatus
@@ -20,7 +22,13 @@ from portraitkit.service import open_worker
 from portraitkit.settings import Settings
 from portraitkit.transports.supabase import SupabaseTransport
 from portraitkit.worker import WorkerOptions
-from tests.gateway import Gateway, ProjectKeys, create_supabase_database, drop_database
+from tests.gateway import (
+    Gateway,
+    ProjectKeys,
+    UserTokens,
+    create_supabase_database,
+    drop_database,
+)
 from tests.realtime import RealtimeServer
 from tests.waiting import until
 
@@ -68,11 +76,13 @@ async def service(gateway: Gateway, realtime: RealtimeServer) -> AsyncIterator[S
     await transport.aclose()
 
 
-async def sign_up(gateway: Gateway, realtime: RealtimeServer) -> PortraitClient:
-    """A new user, signed in, with credits to spare."""
+async def sign_up(
+    gateway: Gateway, realtime: RealtimeServer, key: str | None = None
+) -> PortraitClient:
+    """A new user, signed in (with the legacy anon key unless ``key``), with credits."""
     account = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=50)
     transport = await SupabaseTransport.sign_in(
-        realtime.url, gateway.anon_key, account.email, PASSWORD
+        realtime.url, key or gateway.anon_key, account.email, PASSWORD
     )
     return PortraitClient(transport, transport.storage())
 
@@ -173,13 +183,15 @@ async def test_feed_comes_back_after_an_outage_longer_than_supabase_py_retries(
     assert await generations_feed.wait(5) is True
 
 
+@pytest.mark.parametrize("key", ["secret_key", "service_key"])
 async def test_worker_on_supabase_is_woken_by_realtime(
-    gateway: Gateway, realtime: RealtimeServer, user: PortraitClient, tmp_path: Path
+    gateway: Gateway, realtime: RealtimeServer, user: PortraitClient, tmp_path: Path, key: str
 ) -> None:
-    """The poll interval is a minute: a batch finished within seconds was rung in."""
+    """The poll interval is a minute: a batch finished within seconds was rung in. With
+    SUPABASE_SECRET_KEY (``sb_secret_...``) or the legacy service-role key."""
     settings = Settings(
         supabase_url=realtime.url,
-        supabase_service_role_key=gateway.service_key,
+        supabase_service_role_key=getattr(gateway.keys, key),
         state_dir=tmp_path,
         generator="noop",
     )
@@ -197,3 +209,140 @@ async def test_worker_on_supabase_is_woken_by_realtime(
         worker.stop()
         stats = await running
     assert stats.completed == 2
+
+
+# -- Supabase's API keys and ES256 user tokens ---------------------------------------------
+
+
+async def test_the_secret_keys_feed_joins_with_the_sockets_token_and_rings(
+    gateway: Gateway, realtime: RealtimeServer, user: PortraitClient
+) -> None:
+    """The secret key is not a JWT: the join carries no token, so Realtime acts with the
+    socket's (the service role's, from the gateway)."""
+    service = await SupabaseTransport.service(realtime.url, gateway.keys.secret_key)
+    feed = await RealtimeFeed(service.client, check_seconds=0.2).start()
+    try:
+        assert realtime.join_tokens == [realtime.keys.service_key]
+        await new_batch(user)
+        assert await feed.wait(5) is True
+    finally:
+        await feed.aclose()
+        await service.aclose()
+
+
+@pytest.mark.parametrize("user_tokens", ["HS256", "ES256"])
+async def test_a_user_signed_in_with_the_publishable_key_hears_only_their_own(
+    gateway: Gateway, realtime: RealtimeServer, other_user: PortraitClient, user_tokens: UserTokens
+) -> None:
+    gateway.user_tokens = user_tokens
+    client = await sign_up(gateway, realtime, key=gateway.keys.publishable_key)
+    transport = client.transport
+    assert isinstance(transport, SupabaseTransport)
+    feed = await RealtimeFeed(transport.client, table="generations", event="INSERT").start()
+    try:
+        [token] = realtime.join_tokens
+        assert jwt.get_unverified_header(token)["alg"] == user_tokens
+        assert jwt.decode(token, options={"verify_signature": False})["sub"] == transport.user_id
+        await new_batch(other_user)
+        assert await feed.wait(0.5) is False
+        await new_batch(client)
+        assert await feed.wait(5) is True
+    finally:
+        await feed.aclose()
+        await client.aclose()
+
+
+async def test_a_held_access_token_joins_as_its_user(
+    gateway: Gateway, realtime: RealtimeServer
+) -> None:
+    """A token from elsewhere (the app's) is the join's from the start, not the key's."""
+    account = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD, credits=9)
+    session = gateway.issue_session(account)
+    transport = await SupabaseTransport.from_access_token(
+        realtime.url, gateway.keys.publishable_key, session["access_token"]
+    )
+    client = PortraitClient(transport, transport.storage())
+    feed = await RealtimeFeed(transport.client, table="generations").start()
+    try:
+        assert realtime.join_tokens == [session["access_token"]]
+        await new_batch(client)
+        assert await feed.wait(5) is True
+    finally:
+        await feed.aclose()
+        await client.aclose()
+
+
+# -- refused joins and closed channels -----------------------------------------------------
+
+
+async def test_a_join_refused_for_its_token_is_not_authenticated_and_not_retried(
+    gateway: Gateway, realtime: RealtimeServer
+) -> None:
+    account = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD)
+    expired = gateway.issue_session(account, ttl=-60)["access_token"]
+    transport = await SupabaseTransport.from_access_token(
+        realtime.url, gateway.keys.publishable_key, expired
+    )
+    with pytest.raises(NotAuthenticated, match="InvalidJWTToken: Token has expired"):
+        await RealtimeFeed(transport.client).start()
+    await asyncio.sleep(1.5)  # supabase-py would rejoin an errored channel after 1 s
+    assert (realtime.joins, realtime.refused) == (0, 1)
+    await transport.aclose()
+
+
+async def test_a_join_refused_for_now_is_database_unavailable(
+    service: SupabaseTransport, realtime: RealtimeServer
+) -> None:
+    realtime.refuse_joins("RealtimeRestarting: Realtime is restarting, please standby")
+    with pytest.raises(DatabaseUnavailable, match="RealtimeRestarting") as caught:
+        await RealtimeFeed(service.client).start()
+    assert caught.value.details == {
+        "reason": "RealtimeRestarting: Realtime is restarting, please standby"
+    }
+
+
+async def test_feed_joins_again_after_the_server_closes_its_channel(
+    generations_feed: RealtimeFeed, realtime: RealtimeServer, user: PortraitClient
+) -> None:
+    await realtime.close_channels()
+    await until(lambda: realtime.joins >= 2, "joining a new channel")
+    assert await generations_feed.wait(1) is True  # rung on rejoining: anything may have changed
+    await new_batch(user)
+    assert await generations_feed.wait(5) is True
+
+
+async def test_feed_keeps_rejoining_with_backoff_while_realtime_refuses(
+    generations_feed: RealtimeFeed, realtime: RealtimeServer, user: PortraitClient
+) -> None:
+    realtime.refuse_joins("RealtimeRestarting: Realtime is restarting, please standby")
+    await realtime.close_channels()
+    await until(lambda: realtime.refused >= 3, "refused rejoins")
+    realtime.refuse_joins(None)
+    await until(lambda: realtime.joins >= 2, "the rejoin accepted")
+    await new_batch(user)
+    assert await generations_feed.wait(5) is True
+    assert generations_feed.error is None
+
+
+async def test_a_channel_closed_as_its_token_expired_ends_the_feed_not_authenticated(
+    gateway: Gateway, realtime: RealtimeServer
+) -> None:
+    """Realtime closes the channel when the token expires; the rejoin, with the same token
+    (no refresh token to renew it), is refused: the feed ends, loudly, once."""
+    account = gateway.add_user(f"{uuid.uuid4().hex[:10]}@example.test", PASSWORD)
+    short_lived = gateway.issue_session(account, ttl=2)["access_token"]
+    transport = await SupabaseTransport.from_access_token(
+        realtime.url, gateway.keys.publishable_key, short_lived
+    )
+    feed = await RealtimeFeed(transport.client, check_seconds=0.2).start()
+    try:
+        async with asyncio.timeout(15):
+            with pytest.raises(NotAuthenticated, match="Token has expired"):
+                while True:
+                    await feed.wait(10)  # may ring as the feed rejoins, then raises
+        assert feed.error is not None
+        assert await feed.wait(0.2) is False  # a polling feed from then on
+        assert (realtime.joins, realtime.refused) == (1, 1)
+    finally:
+        await feed.aclose()
+        await transport.aclose()

@@ -4,11 +4,11 @@ tests/gateway.py (API gateway, PostgREST, Storage) and tests/realtime.py are onl
 testing against if they are at least as strict as Supabase: these tests pin each refusal,
 with the status and error shape the real service answers (sources in each stand-in's
 docstring), so a later change cannot make them lenient again without a failing test.
+Realtime's are in tests/test_realtime_stand_in.py.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,15 +20,17 @@ import jwt
 import psycopg
 import pytest
 import respx
-from websockets.asyncio.client import connect as websocket_connect
-from websockets.exceptions import InvalidStatus
+from cryptography.hazmat.primitives.asymmetric import ec
+from postgrest.exceptions import APIError
+from storage3.exceptions import StorageApiError
+from supabase import AsyncClientOptions, acreate_client
 
 from portraitkit import errors
 from portraitkit.auth import LocalUser
 from portraitkit.transports.base import RetryPolicy
 from portraitkit.transports.supabase import SupabaseTransport
-from tests.gateway import Gateway, ProjectKeys, create_supabase_database, drop_database
-from tests.realtime import RealtimeServer
+from portraitkit.web.tokens import TokenVerifier
+from tests.gateway import Gateway, create_supabase_database, drop_database
 
 pytestmark = pytest.mark.anyio
 
@@ -115,8 +117,8 @@ async def test_a_client_with_a_forged_api_key_gets_nothing(gateway: Gateway) -> 
 
 
 async def test_the_publishable_key_reads_as_anon(gateway: Gateway) -> None:
-    """supabase-py also sends the key as `Authorization: Bearer sb_...`; the gateway drops
-    that and passes the anon role on, as Supabase's does."""
+    """Sent in ``apikey`` only (the transport never sends it as a bearer), the publishable
+    key acts as anon: the catalogue, but no user's functions."""
     client = await SupabaseTransport.connect(BASE_URL, gateway.keys.publishable_key, retry=ONCE)
     keys = [row["key"] for row in await client.select("styles", columns=("key",))]
     assert "charcoal" in keys
@@ -132,7 +134,73 @@ async def test_the_secret_key_acts_as_service_role(gateway: Gateway) -> None:
     await service.aclose()
 
 
-async def test_a_secret_key_in_authorization_does_not_lift_a_publishable_request(
+async def test_a_publishable_key_without_authorization_is_anon(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    answer = await http.post(
+        "/rest/v1/rpc/batch_stats", json={}, headers=headers(gateway.keys.publishable_key)
+    )
+    assert (answer.status_code, answer.json()["code"]) == (401, "42501")
+    styles = await http.get(
+        "/rest/v1/styles", params={"select": "key"}, headers=headers(gateway.keys.publishable_key)
+    )
+    assert styles.status_code == 200
+
+
+async def test_a_secret_key_without_authorization_is_service_role(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    user = new_user(gateway, credits=5)
+    answer = await http.post(
+        "/rest/v1/rpc/grant_credits",
+        json={"user_id": str(user.id), "amount": 1},
+        headers=headers(gateway.keys.secret_key),
+    )
+    assert (answer.status_code, answer.json()) == (200, 6)
+
+
+async def test_an_unknown_sb_key_is_refused_as_apikey(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    answer = await http.get("/rest/v1/styles", headers=headers("sb_secret_not-this-projects"))
+    assert (answer.status_code, answer.json()["message"]) == (401, "Invalid API key")
+
+
+@pytest.mark.parametrize("key", ["publishable_key", "secret_key"])
+async def test_an_api_key_as_bearer_reaches_postgrest_and_is_pgrst301(
+    gateway: Gateway, http: httpx.AsyncClient, key: str
+) -> None:
+    """What supabase-py sends until someone signs in (supabase/supabase-py#1230)."""
+    api_key = getattr(gateway.keys, key)
+    answer = await http.get("/rest/v1/styles", headers=headers(api_key, api_key))
+    assert answer.status_code == 401
+    assert answer.json() == {
+        "code": "PGRST301",
+        "message": "Expected 3 parts in JWT; got 1",
+        "details": None,
+        "hint": None,
+    }
+
+
+@pytest.mark.parametrize("key", ["publishable_key", "secret_key"])
+async def test_an_api_key_as_bearer_is_access_denied_by_storage(
+    gateway: Gateway, http: httpx.AsyncClient, key: str
+) -> None:
+    api_key = getattr(gateway.keys, key)
+    answer = await http.get(
+        "/storage/v1/object/authenticated/portraits/any/photo.png",
+        headers=headers(api_key, api_key),
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "statusCode": "403",
+        "code": "AccessDenied",
+        "error": "Unauthorized",
+        "message": "Invalid Compact JWS",
+    }
+
+
+async def test_a_secret_key_as_bearer_does_not_lift_a_publishable_request(
     gateway: Gateway, http: httpx.AsyncClient
 ) -> None:
     answer = await http.post(
@@ -140,7 +208,27 @@ async def test_a_secret_key_in_authorization_does_not_lift_a_publishable_request
         json={"user_id": str(new_user(gateway).id), "amount": 1000},
         headers=headers(gateway.keys.publishable_key, gateway.keys.secret_key),
     )
-    assert (answer.status_code, answer.json()["code"]) == (401, "42501")
+    assert (answer.status_code, answer.json()["code"]) == (401, "PGRST301")
+
+
+@pytest.mark.parametrize("key", ["publishable_key", "secret_key"])
+async def test_supabase_py_on_its_own_is_refused_with_an_sb_key(gateway: Gateway, key: str) -> None:
+    """The gateway really checks: supabase-py without the transport's request hook sends
+    the key as a bearer, and PostgREST refuses it (SupabaseTransport's tests pass only
+    because the transport does not)."""
+    async with httpx.AsyncClient() as http:
+        client = await acreate_client(
+            BASE_URL, getattr(gateway.keys, key), AsyncClientOptions(httpx_client=http)
+        )
+        with pytest.raises(APIError) as caught:
+            await client.table("styles").select("key").execute()
+        with pytest.raises(StorageApiError, match="Invalid Compact JWS"):
+            await client.storage.from_("portraits").download("any/photo.png")
+    assert (caught.value.code, caught.value.message) == (
+        "PGRST301",
+        "Expected 3 parts in JWT; got 1",
+    )
+    assert gateway.received[0].headers["authorization"] == f"Bearer {getattr(gateway.keys, key)}"
 
 
 async def test_a_bearer_that_is_not_a_jwt_is_pgrst301(
@@ -198,6 +286,62 @@ async def test_a_token_signed_with_another_secret_is_pgrst301(
         "/rest/v1/rpc/batch_stats", json={}, headers=headers(gateway.anon_key, token)
     )
     assert (answer.status_code, answer.json()["code"]) == (401, "PGRST301")
+
+
+def es256(claims: dict[str, Any], key: ec.EllipticCurvePrivateKey, kid: str) -> str:
+    return jwt.encode(
+        {"exp": int(time.time()) + 600, **claims}, key, algorithm="ES256", headers={"kid": kid}
+    )
+
+
+async def test_a_token_signed_with_the_projects_key_pair_is_accepted(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    user = new_user(gateway, credits=4)
+    claims = {"role": "authenticated", "aud": "authenticated", "sub": str(user.id)}
+    token = es256(claims, gateway.keys.signing_key, gateway.keys.signing_kid)
+    answer = await http.post(
+        "/rest/v1/rpc/batch_stats", json={}, headers=headers(gateway.anon_key, token)
+    )
+    assert (answer.status_code, answer.json()["balance"]) == (200, 4)
+
+
+@pytest.mark.parametrize("kid", ["the-projects-kid", "another-kid"])
+async def test_a_token_signed_with_another_key_pair_is_pgrst301(
+    gateway: Gateway, http: httpx.AsyncClient, kid: str
+) -> None:
+    """Whether or not it names the project's key: no key of the JWKS verifies it."""
+    kid = gateway.keys.signing_kid if kid == "the-projects-kid" else kid
+    token = es256({"role": "service_role"}, ec.generate_private_key(ec.SECP256R1()), kid)
+    answer = await http.get("/rest/v1/styles", headers=headers(gateway.anon_key, token))
+    assert (answer.status_code, answer.json()["code"]) == (401, "PGRST301")
+    assert answer.json()["message"] == "No suitable key or wrong key type"
+
+
+async def test_auth_publishes_the_projects_public_key_without_an_api_key(
+    gateway: Gateway, http: httpx.AsyncClient
+) -> None:
+    answer = await http.get("/auth/v1/.well-known/jwks.json")
+    assert answer.status_code == 200
+    [key] = answer.json()["keys"]
+    assert (key["kid"], key["alg"], key["kty"], "d" in key) == (
+        gateway.keys.signing_kid,
+        "ES256",
+        "EC",
+        False,
+    )
+
+
+async def test_es256_sessions_verify_against_the_published_keys(gateway: Gateway) -> None:
+    """What the web server does with a Supabase user's token: portraitkit's verifier, fed
+    the gateway's JWKS, accepts the ES256 access tokens the gateway's Auth issues."""
+    gateway.user_tokens = "ES256"
+    user = new_user(gateway)
+    token = gateway.issue_session(user)["access_token"]
+    assert jwt.get_unverified_header(token)["alg"] == "ES256"
+    verifier = TokenVerifier(None, f"{BASE_URL}/auth/v1/.well-known/jwks.json")
+    claims = await verifier.verify(token)
+    assert (claims["sub"], claims["role"]) == (str(user.id), "authenticated")
 
 
 async def test_the_database_is_reached_only_as_authenticator(gateway: Gateway) -> None:
@@ -325,75 +469,3 @@ async def test_sql_cannot_delete_storage_objects_behind_storages_back(
 ) -> None:
     with psycopg.connect(db_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("delete from storage.objects")
-
-
-# -- Realtime -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def realtime(db_url: str) -> AsyncIterator[RealtimeServer]:
-    server = await RealtimeServer(db_url, ProjectKeys.create(SECRET)).start()
-    yield server
-    await server.aclose()
-
-
-def socket_url(realtime: RealtimeServer, apikey: str) -> str:
-    return realtime.url.replace("http", "ws") + f"/realtime/v1/websocket?apikey={apikey}&vsn=1.0.0"
-
-
-async def join(realtime: RealtimeServer, access_token: str) -> dict[str, Any]:
-    """phx_join a generations channel with ``access_token``; Realtime's reply payload."""
-    async with websocket_connect(socket_url(realtime, realtime.keys.anon_key)) as socket:
-        await socket.send(
-            json.dumps(
-                {
-                    "topic": "realtime:test",
-                    "event": "phx_join",
-                    "payload": {
-                        "config": {
-                            "postgres_changes": [
-                                {"event": "INSERT", "schema": "public", "table": "generations"}
-                            ]
-                        },
-                        "access_token": access_token,
-                    },
-                    "ref": "1",
-                }
-            )
-        )
-        reply: dict[str, dict[str, Any]] = json.loads(await socket.recv())
-        return reply["payload"]
-
-
-async def test_realtime_refuses_a_join_with_a_token_of_another_secret(
-    realtime: RealtimeServer,
-) -> None:
-    token = signed({"role": "authenticated", "sub": str(uuid.uuid4())}, secret="x" * 40)
-    assert await join(realtime, token) == {
-        "status": "error",
-        "response": {"reason": "JwtSignatureError: Failed to validate JWT signature"},
-    }
-    assert realtime.joins == 0
-
-
-async def test_realtime_refuses_a_join_with_an_expired_token(realtime: RealtimeServer) -> None:
-    token = jwt.encode(
-        {"role": "authenticated", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"
-    )
-    reply = await join(realtime, token)
-    assert reply["status"] == "error"
-    assert reply["response"]["reason"].startswith("InvalidJWTToken: Token has expired")
-
-
-async def test_realtime_accepts_a_join_with_a_valid_token(realtime: RealtimeServer) -> None:
-    reply = await join(realtime, signed({"role": "authenticated", "sub": str(uuid.uuid4())}))
-    assert reply["status"] == "ok"
-    assert realtime.joins == 1
-
-
-async def test_realtime_refuses_a_socket_without_a_project_key(realtime: RealtimeServer) -> None:
-    with pytest.raises(InvalidStatus) as caught:
-        async with websocket_connect(socket_url(realtime, signed({"role": "anon"}))):
-            pass
-    assert caught.value.response.status_code == 401
-    assert json.loads(caught.value.response.body) == {"error": "Invalid API key"}

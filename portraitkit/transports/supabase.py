@@ -14,6 +14,15 @@ module adds is the policy a phone-network-grade connection needs:
   (``auto_refresh_token=False``), so nothing races a call or outlives :meth:`aclose`.
 - **The same typed errors.** Error bodies go through :func:`error_from_payload`, exactly
   as the direct transport's PGRST errors do.
+- **Keys in ``apikey``, JWTs in ``Authorization``.** Supabase's publishable and secret keys
+  (``sb_publishable_...``, ``sb_secret_...``) are not JWTs. The gateway wants them in
+  ``apikey`` only and acts as their role (anon, service_role) when no ``Authorization``
+  comes with them; a ``Bearer`` that is not a JWT reaches PostgREST, which refuses it
+  (401 ``PGRST301`` "Expected 3 parts in JWT; got 1"), and Storage likewise. supabase-py
+  (as of 2.34.1, its newest release) sends the key as ``Authorization: Bearer <key>``
+  until someone signs in, and hands it to Realtime as the join's ``access_token``
+  (supabase/supabase-py#1230): a request hook on our httpx client drops such a header, and
+  Realtime only ever gets a JWT or nothing (then it uses the socket's token).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 import httpx
 import jwt
 from postgrest.exceptions import APIError
+from realtime import AsyncRealtimeClient
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from supabase_auth.errors import AuthError, AuthRetryableError
 from supabase_auth.types import AuthChangeEvent, Session
@@ -56,6 +66,58 @@ _last_status: ContextVar[int | None] = ContextVar("portraitkit_last_status", def
 
 async def _record_status(response: httpx.Response) -> None:
     _last_status.set(response.status_code)
+
+
+def is_jwt(token: str) -> bool:
+    """A compact JWS (``header.payload.signature``), the only bearer PostgREST, Storage and
+    Realtime take; Supabase's publishable and secret keys are not."""
+    parts = token.split(".")
+    return len(parts) == 3 and all(parts)
+
+
+class _BearerOnlyJwt:
+    """Request hook: drops ``Authorization: Bearer <not a JWT>`` on the project's requests
+    (only there: a shared client may carry other services' opaque tokens). Without it the
+    gateway acts on ``apikey``: the publishable key as anon, the secret key as service_role.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.host = httpx.URL(base_url).host
+
+    async def __call__(self, request: httpx.Request) -> None:
+        if request.url.host != self.host:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and not is_jwt(token.strip()):
+            del request.headers["authorization"]
+
+
+def _install_hooks(http: httpx.AsyncClient, url: str) -> None:
+    if _record_status not in http.event_hooks["response"]:
+        http.event_hooks["response"].append(_record_status)
+    host = httpx.URL(url).host
+    request_hooks = http.event_hooks["request"]
+    if not any(isinstance(h, _BearerOnlyJwt) and h.host == host for h in request_hooks):
+        request_hooks.append(_BearerOnlyJwt(url))
+
+
+def _realtime_jwt_only(realtime: AsyncRealtimeClient, access_token: str | None) -> None:
+    """Realtime takes a join's ``access_token`` as the subscriber's JWT and refuses anything
+    else ("InvalidJWTToken: Token claims must be a map"); a join without one acts with the
+    socket's token, which the gateway derives from ``apikey``. supabase-py starts with the
+    project key there and puts it back on sign-out, so only JWTs get through ``set_auth``.
+    A token given at connect is the user's from the first join on (supabase-py would join
+    with the key until an auth event, which a held token never causes)."""
+    if access_token is not None:
+        realtime.access_token = access_token
+    elif not is_jwt(realtime.access_token or ""):
+        realtime.access_token = None
+    set_auth = realtime.set_auth
+
+    async def set_auth_jwt_only(token: str | None) -> None:
+        await set_auth(token if token is not None and is_jwt(token) else None)
+
+    realtime.set_auth = set_auth_jwt_only  # type: ignore[method-assign]
 
 
 def _token_subject(token: str | None) -> str | None:
@@ -115,12 +177,12 @@ class SupabaseTransport:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
     ) -> SupabaseTransport:
-        """A transport with the project's ``key`` (anon or service role) as its identity, or
-        a user's ``access_token`` when given. ``http_client`` is shared by PostgREST, Auth
-        and Storage (its own timeout applies); otherwise one is made with ``timeout``."""
+        """A transport with the project's ``key`` as its identity (publishable or legacy
+        anon: anonymous; secret or legacy service role: the service role), or a user's
+        ``access_token`` when given. ``http_client`` is shared by PostgREST, Auth and
+        Storage (its own timeout applies); otherwise one is made with ``timeout``."""
         http = http_client or httpx.AsyncClient(timeout=timeout, follow_redirects=True)
-        if _record_status not in http.event_hooks["response"]:
-            http.event_hooks["response"].append(_record_status)
+        _install_hooks(http, url)
         options = AsyncClientOptions(
             httpx_client=http,
             postgrest_client_retry=False,
@@ -134,6 +196,7 @@ class SupabaseTransport:
             if http_client is None:
                 await http.aclose()
             raise
+        _realtime_jwt_only(client.realtime, access_token)
         return cls(
             client,
             access_token=access_token or key,
@@ -178,7 +241,8 @@ class SupabaseTransport:
 
     @classmethod
     async def service(cls, url: str, service_role_key: str, **options: Any) -> SupabaseTransport:
-        """The worker's and operator's identity: the service-role key (bypasses RLS)."""
+        """The worker's and operator's identity: the secret (or legacy service-role) key,
+        which bypasses RLS."""
         return await cls.connect(url, service_role_key, **options)
 
     # -- the Transport protocol ---------------------------------------------------------
@@ -243,7 +307,7 @@ class SupabaseTransport:
                         raise NotAuthenticated(
                             f"The access token was refused after a refresh: {exc.message}"
                         ) from exc
-                    await self._refresh()
+                    await self._refresh(exc.message)
                     refreshed = True
                     continue
                 if _is_transient(exc.code, status):
@@ -256,9 +320,11 @@ class SupabaseTransport:
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 raise DatabaseUnavailable(f"The connection to Supabase was lost: {exc!r}") from exc
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, refused_because: str | None = None) -> None:
         if not self._refresh_token:
-            raise NotAuthenticated("The access token has expired: sign in again.")
+            raise NotAuthenticated(
+                f"The access token was refused ({refused_because or 'expired'}): sign in again."
+            )
         try:
             # Pass the token: without it supabase_auth would first refresh an expired
             # session inside get_session(), then refresh again.
