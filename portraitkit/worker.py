@@ -83,19 +83,30 @@ class _Lease(NamedTuple):
 
 
 class _SourceCache:
-    """The batch's photo is the same for all its styles: fetch it once, keep a few."""
+    """The batch's photo is the same for all its styles: fetch it once, keep a few (at
+    most ``size`` photos and ``max_bytes`` of them: sources may be 20 MiB each)."""
 
-    def __init__(self, storage: Storage, size: int = 16) -> None:
+    def __init__(self, storage: Storage, size: int = 16, max_bytes: int = 64 << 20) -> None:
         self._storage = storage
         self._size = size
+        self._max_bytes = max_bytes
         self._items: OrderedDict[str, asyncio.Task[bytes]] = OrderedDict()
+
+    def _held_bytes(self) -> int:
+        return sum(
+            len(t.result())
+            for t in self._items.values()
+            if t.done() and not t.cancelled() and t.exception() is None
+        )
 
     async def get(self, path: str) -> bytes:
         task = self._items.get(path)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.ensure_future(self._storage.get(path))
             self._items[path] = task
-            while len(self._items) > self._size:
+            while len(self._items) > self._size or (
+                len(self._items) > 1 and self._held_bytes() > self._max_bytes
+            ):
                 self._items.popitem(last=False)
         self._items.move_to_end(path)
         if task.done():  # the common case: the batch's other styles fetched it already
