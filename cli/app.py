@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
 
 from . import batches, catalogue, db, gen, run, serve, users, workers
 from .context import CliContext
 from .exit_codes import ExitCode
-from .output import report_error, report_usage_error
+from .output import Group, Typer, report_error, report_usage_error
 
 # Global options may also come after the command (`portraitkit batches list --json`):
 # they are moved to the front before parsing. Values that look like one of these (a
@@ -42,7 +41,7 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
-class _PortraitkitGroup(TyperGroup):
+class _PortraitkitGroup(Group):
     """Global options anywhere; every error one line on stderr with its own exit code."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
@@ -81,7 +80,7 @@ def _path(exc: UsageError, ctx: Any) -> str:
     return str((exc.ctx or ctx).command_path)
 
 
-app = typer.Typer(
+app = Typer(
     cls=_PortraitkitGroup,
     help="""portraitkit: batch portrait generation on Supabase or a local PostgreSQL.
 

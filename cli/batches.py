@@ -13,20 +13,20 @@ import typer
 
 from portraitkit.client import PortraitClient
 from portraitkit.contact_sheet import write_contact_sheet
+from portraitkit.errors import UnknownStyle
 from portraitkit.models import Batch, BatchPage, BatchStatus
 from portraitkit.storage import LocalStorage
 from portraitkit.watch import BACKSTOP_SECONDS, batch_feed, watch_batch
 
 from . import render
+from .catalogue import style_key_for, with_suggestions
 from .context import CliContext, cli_context, run
 from .exit_codes import ExitCode
-from .output import console, emit_json
+from .output import Typer, Yes, confirm_or_refuse, console, emit_json
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="Create, list, inspect, watch and manage a user's batches.", no_args_is_help=True
-)
+app = Typer(help="Create, list, inspect, watch and manage a user's batches.", no_args_is_help=True)
 
 User = Annotated[
     str,
@@ -47,7 +47,11 @@ def create(
     user: User,
     style: Annotated[
         list[str],
-        typer.Option("--style", "-s", help="A style key; repeat it, or separate keys by commas."),
+        typer.Option(
+            "--style",
+            "-s",
+            help="A style's key or name, in any case; repeat it, or separate them by commas.",
+        ),
     ],
     image: Annotated[
         Path | None,
@@ -79,15 +83,20 @@ def create(
     options = cli_context(ctx)
     if (image is None) == (not sample):
         raise typer.BadParameter("Give exactly one of --image PATH or --sample.")
-    keys = [key.strip() for value in style for key in value.split(",") if key.strip()]
+    given = [key.strip() for value in style for key in value.split(",") if key.strip()]
 
-    async def create_batch() -> tuple[Batch, int]:
+    async def create_batch() -> tuple[Batch, list[str], int]:
         async with options.user_client(user) as client:
+            offered = await client.styles()
+            keys = [style_key_for(value, offered) for value in given]
             source = image if image is not None else _sample_photo()
-            batch_id = await client.create_batch(keys, source, custom_prompt=prompt)
-            return await client.get_batch(batch_id), await client.balance()
+            try:
+                batch_id = await client.create_batch(keys, source, custom_prompt=prompt)
+            except UnknownStyle as exc:
+                raise with_suggestions(exc, offered) from exc
+            return await client.get_batch(batch_id), keys, await client.balance()
 
-    batch, balance = run(create_batch())
+    batch, keys, balance = run(create_batch())
     if options.json:
         emit_json(
             {
@@ -100,8 +109,8 @@ def create(
         return
     out = console()
     out.print(
-        f"created batch [bold]{batch.id}[/bold]: {batch.total_count} styles, "
-        f"charged {batch.credits_charged} credits (balance {balance})"
+        f"created batch [bold]{batch.id}[/bold]: {render.plural(batch.total_count, 'style')}, "
+        f"charged {render.plural(batch.credits_charged, 'credit')} (balance {balance})"
     )
     out.print(
         f"next: portraitkit worker --once, then portraitkit batches show {batch.id} --user {user}"
@@ -189,7 +198,7 @@ def show(
 
     batch, locations = run(detail())
     if options.json:
-        emit_json(batch)
+        emit_json(render.batch_json(batch))
         return
     out = console()
     for line in render.batch_header(batch):
@@ -244,7 +253,7 @@ def watch(
         console(stderr=True).print("stopped watching; the batch goes on")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     if options.json:
-        emit_json(final)
+        emit_json(render.batch_json(final))
     else:
         console().print(render.summary(final))
 
@@ -278,7 +287,8 @@ def cancel(ctx: typer.Context, batch_id: BatchId, user: User) -> None:
         emit_json(result)
     else:
         console().print(
-            f"cancelled {result.cancelled} items, refunded {result.refunded} credits; "
+            f"cancelled {render.plural(result.cancelled, 'item')}, "
+            f"refunded {render.plural(result.refunded, 'credit')}; "
             f"batch is {render.status_text(result.status)}"
         )
 
@@ -297,27 +307,38 @@ def retry(ctx: typer.Context, batch_id: BatchId, user: User) -> None:
         emit_json(result)
     else:
         console().print(
-            f"retrying {result.retried} items, charged {result.charged} credits; "
+            f"retrying {render.plural(result.retried, 'item')}, "
+            f"charged {render.plural(result.charged, 'credit')}; "
             f"batch is {render.status_text(result.status)}"
         )
 
 
 @app.command()
-def delete(ctx: typer.Context, batch_id: BatchId, user: User) -> None:
+def delete(ctx: typer.Context, batch_id: BatchId, user: User, yes: Yes = False) -> None:
     """Delete a batch and its images (unfinished items are cancelled and refunded first).
 
-    Example:
+    Asks first (unless --yes); without a terminal to ask on, --yes is required.
+
+    Examples:
 
       portraitkit batches delete 0b6c4c1e-... --user ada@example.com
+      portraitkit batches delete 0b6c4c1e-... --user ada@example.com --yes --json
     """
     options = cli_context(ctx)
+    if not yes:
+        confirm_or_refuse(
+            f"Delete batch {batch_id} of {user} with its images?",
+            declined="Nothing was deleted (pass --yes to skip the question).",
+            code="delete_declined",
+        )
     result = run(_act(options, user, lambda c: c.delete_batch(batch_id)))
     if options.json:
         emit_json(result)
     else:
+        images = render.plural(len(result.image_paths), "image")
         console().print(
-            f"deleted batch {result.batch_id} and {len(result.image_paths)} images; "
-            f"refunded {result.refunded} credits"
+            f"deleted batch {result.batch_id} and {images}; "
+            f"refunded {render.plural(result.refunded, 'credit')}"
         )
 
 

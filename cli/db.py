@@ -12,12 +12,12 @@ from portraitkit.database.connection import embedded_server, resolve_database_ur
 from portraitkit.database.embedded import EmbeddedStatus
 from portraitkit.database.lifecycle import DatabaseReady, DatabaseReport, bring_up, describe
 from portraitkit.database.reset import new_migration, reset_database, reset_target
-from portraitkit.errors import ConfigurationError, PortraitkitError
+from portraitkit.errors import ConfigurationError
 
 from .context import CliContext, cli_context
-from .output import console, emit_json
+from .output import Typer, Yes, confirm_or_refuse, console, emit_json
 
-app = typer.Typer(help="Run and migrate the database.", no_args_is_help=True)
+app = Typer(help="Run and migrate the database.", no_args_is_help=True)
 
 
 @app.command()
@@ -83,13 +83,14 @@ def migrate(ctx: typer.Context) -> None:
 @app.command()
 def reset(
     ctx: typer.Context,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before dropping.")] = False,
+    yes: Yes = False,
     seed: Annotated[bool, typer.Option(help="Apply supabase/seed.sql afterwards.")] = True,
 ) -> None:
     """Drop the database with everything in it, then apply every migration and the seed.
 
-    Asks first (unless --yes). On the embedded database the stored images go too. Refuses
-    a Supabase database: use `supabase db reset` there.
+    Asks first (unless --yes); without a terminal to ask on, --yes is required. On the
+    embedded database the stored images go too. Refuses a Supabase database: use
+    `supabase db reset` there.
 
     Examples:
 
@@ -105,9 +106,11 @@ def reset(
         )
     url = resolve_database_url(settings)
     target = reset_target(url)
-    if not yes and not _confirm(f"Drop {target} with every user, batch and credit in it?"):
-        raise PortraitkitError(
-            "Nothing was dropped (pass --yes to skip the question).", code="reset_declined"
+    if not yes:
+        confirm_or_refuse(
+            f"Drop {target} with every user, batch and credit in it?",
+            declined="Nothing was dropped (pass --yes to skip the question).",
+            code="reset_declined",
         )
     storage = settings.state_dir / "storage" if settings.mode == "embedded" else None
     outcome = reset_database(url, seed=seed, storage_dir=storage)
@@ -142,13 +145,6 @@ def new(
         emit_json({"path": str(path), "version": path.name.split("_", 1)[0]})
     else:
         console().print(f"[bold]created[/bold]   {path}")
-
-
-def _confirm(question: str) -> bool:
-    try:
-        return typer.confirm(question, err=True)
-    except typer.Abort:  # no answer (stdin closed): the safe one
-        return False
 
 
 def render_up(options: CliContext, ready: DatabaseReady) -> None:

@@ -2,10 +2,11 @@
 
   0  success
   1  any other error
-  2  bad input: a usage error, or an argument the database refused (InvalidInput)
+  2  bad input: a usage error, an argument the database refused (InvalidInput), or a
+     deletion without --yes and no terminal to confirm it on
   3  configuration: the settings name no usable database
   4  not found: no such batch, user or object
-  5  not allowed: not signed in, no such user to act as, or the role may not do it
+  5  not allowed: not signed in (a refused sign-in too), or the role may not do it
   6  insufficient credits
   7  database unavailable: cannot connect, timed out, or the embedded server won't start
   8  conflict: the batch's state does not allow it (already ended, nothing to retry)

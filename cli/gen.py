@@ -13,10 +13,10 @@ from portraitkit.session import database_url
 from portraitkit.typescript import DEFAULT_SCHEMAS, generate
 
 from .context import cli_context
-from .output import console, emit_json
+from .output import Typer, console, emit_json
 
-app = typer.Typer(help="Generate code from the database's schema.", no_args_is_help=True)
-types_app = typer.Typer(help="Types for the app, read from the database.", no_args_is_help=True)
+app = Typer(help="Generate code from the database's schema.", no_args_is_help=True)
+types_app = Typer(help="Types for the app, read from the database.", no_args_is_help=True)
 app.add_typer(types_app, name="types")
 
 

@@ -51,6 +51,37 @@ def progress_bar(percent: int, width: int = 10) -> str:
     return f"{'█' * filled}{'░' * (width - filled)} {percent:>3}%"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 credit``, ``3 credits``: a count and its noun (``many``: an irregular plural)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def refunded_credits(batch: Batch) -> int:
+    """What the batch's items now failed or cancelled got back: each is refunded its own
+    cost once (docs/contract.md, "Credits"); a failed item that was retried was charged
+    again, so only those failed or cancelled now count."""
+    ended_unpaid = (GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+    return sum(item.credit_cost for item in batch.items if item.status in ended_unpaid)
+
+
+def refund_note(batch: Batch) -> str:
+    """``, 3 refunded (net 0)`` after what a batch was charged; nothing if nothing was."""
+    refunded = refunded_credits(batch)
+    return f", {refunded} refunded (net {batch.credits_charged - refunded})" if refunded else ""
+
+
+def batch_json(batch: Batch) -> dict[str, Any]:
+    """The batch's JSON with what was refunded and the net charge after its credits."""
+    data: dict[str, Any] = {}
+    refunded = refunded_credits(batch)
+    for key, value in batch.model_dump(mode="json").items():
+        data[key] = value
+        if key == "credits_charged":
+            data["refunded_credits"] = refunded
+            data["net_credits"] = batch.credits_charged - refunded
+    return data
+
+
 def photos(batch: BatchSummary) -> str:
     return f"{batch.completed_count}/{batch.total_count} photos"
 
@@ -99,7 +130,8 @@ def batch_header(batch: Batch) -> list[str]:
         f"[bold]status[/bold]    {status_text(batch.status)}, {photos(batch)}, "
         f"{batch.failed_count} failed, {batch.cancelled_count} cancelled, "
         f"{progress_bar(batch.progress)}",
-        f"[bold]charged[/bold]   {batch.credits_charged} credits",
+        f"[bold]credits[/bold]   charged {plural(batch.credits_charged, 'credit')}"
+        f"{refund_note(batch)}",
         f"[bold]created[/bold]   {when(batch.created_at)}"
         + (f", finished {when(batch.finished_at)}" if batch.finished_at else ""),
         f"[bold]source[/bold]    {batch.original_image_url}",
@@ -167,7 +199,7 @@ def summary(batch: Batch) -> str:
     return (
         f"batch {batch.id} {status_text(batch.status)}{took}: {photos(batch)}, "
         f"{batch.failed_count} failed, {batch.cancelled_count} cancelled; "
-        f"{batch.credits_charged} credits charged"
+        f"{plural(batch.credits_charged, 'credit')} charged{refund_note(batch)}"
     )
 
 

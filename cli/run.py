@@ -12,7 +12,7 @@ from portraitkit.worker import WorkerOptions
 
 from . import render
 from .context import cli_context, run
-from .output import console, emit_json
+from .output import command_name, console, emit_json
 
 
 def worker(
@@ -80,11 +80,15 @@ def demo(ctx: typer.Context) -> None:
         update = (lambda _batch: None) if options.json else view.update
         result = run(run_demo(options.settings(), update))
     if options.json:
-        emit_json(result.batch)
+        emit_json(result)
         return
     out.print(render.summary(result.batch))
     out.print("[bold]images[/bold]")
-    for style_name, path in result.images:
-        out.print(f"  {style_name:<16} {path}")
+    for image in result.images:
+        out.print(f"  {image.style_name:<16} {image.file}")
     out.print(f"[bold]contact sheet[/bold]  {result.contact_sheet}")
-    out.print(f"next: portraitkit batches show {result.batch.id} --user {DEMO_EMAIL}")
+    me = command_name()
+    out.print("next:")
+    out.print(f"  {me} batches show {result.batch.id} --user {DEMO_EMAIL}")
+    out.print(f"  {me} serve          the same batches in a browser")
+    out.print(f"  {me} db stop        stop the embedded PostgreSQL the demo left running")

@@ -11,12 +11,13 @@ from rich.table import Table
 from portraitkit import admin
 
 from .context import cli_context, run
-from .output import console, emit_json
+from .output import Typer, Yes, confirm_or_refuse, console, emit_json
+from .render import plural
 
-app = typer.Typer(
-    help="Create and list local users (embedded or DATABASE_URL).", no_args_is_help=True
+app = Typer(
+    help="Create, list and delete local users (embedded or DATABASE_URL).", no_args_is_help=True
 )
-credits_app = typer.Typer(
+credits_app = Typer(
     help="Grant credits (service role, written to the ledger).", no_args_is_help=True
 )
 
@@ -43,7 +44,8 @@ def create(
         emit_json(account)
     else:
         console().print(
-            f"created [bold]{account.email}[/bold] ({account.id}), {account.balance} credits"
+            f"created [bold]{account.email}[/bold] ({account.id}), "
+            f"{plural(account.balance, 'credit')}"
         )
 
 
@@ -69,7 +71,9 @@ def list_users(ctx: typer.Context) -> None:
     console().print(table if accounts else "no users yet: portraitkit users create EMAIL")
 
 
-@credits_app.command()
+# A negative amount (`credits grant ada@example.com -5`) is an argument, not an option: the
+# database then answers it as the contract says.
+@credits_app.command(context_settings={"ignore_unknown_options": True})
 def grant(
     ctx: typer.Context,
     user: Annotated[str, typer.Argument(help="Email or user id (on Supabase: the id).")],
@@ -88,7 +92,49 @@ def grant(
     if options.json:
         emit_json({"user": user, "granted": amount, "balance": balance})
     else:
-        console().print(f"granted {amount} credits to [bold]{user}[/bold]: balance {balance}")
+        console().print(
+            f"granted {plural(amount, 'credit')} to [bold]{user}[/bold]: balance {balance}"
+        )
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="The user's email or id.")],
+    yes: Yes = False,
+) -> None:
+    """Delete a user's account with everything of theirs: batches, credits, stored images.
+
+    The profile, batches, generations and credit ledger go with the account (the schema
+    cascades them). Asks first (unless --yes); without a terminal to ask on, --yes is
+    required.
+
+    Examples:
+
+      portraitkit users delete ada@example.com
+      portraitkit users delete ada@example.com --yes --json
+    """
+    options = cli_context(ctx)
+    settings = options.settings()
+    account = admin.find_user(settings, user)  # an unknown user is not found before asking
+    if not yes:
+        confirm_or_refuse(
+            f"Delete {account.email or account.id} with every batch, credit and image of theirs?",
+            declined="Nothing was deleted (pass --yes to skip the question).",
+            code="delete_declined",
+        )
+    deleted = run(admin.delete_user(settings, str(account.id)))
+    if options.json:
+        emit_json(deleted)
+    else:
+        what_went = [
+            plural(deleted.batches, "batch", "batches"),
+            plural(deleted.images_removed, "image"),
+            plural(deleted.ledger_entries, "ledger entry", "ledger entries"),
+        ]
+        console().print(
+            f"deleted [bold]{deleted.email}[/bold] ({deleted.id}): {', '.join(what_went)}"
+        )
 
 
 @app.command()

@@ -25,6 +25,7 @@ from portraitkit.errors import ConfigurationError, InvalidInput, UserExists, Use
 from portraitkit.identity import ANONYMOUS, SERVICE, open_client
 from portraitkit.session import database_url, local_user
 from portraitkit.settings import Settings
+from portraitkit.storage import LocalStorage
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -102,6 +103,65 @@ def find_user(settings: Settings, email_or_id: str) -> LocalUser:
 def get_account(settings: Settings, user_id: UUID) -> UserAccount:
     with connect(_direct_url(settings, "Reading a user"), autocommit=True) as conn:
         return _account(conn, user_id)
+
+
+class DeletedUser(BaseModel):
+    """What `portraitkit users delete` removed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    email: str
+    batches: int
+    generations: int
+    ledger_entries: int
+    images_removed: int
+
+
+# Everything of the user's goes with the auth.users row: the profile cascades to batches,
+# generations and the credit ledger (its append-only trigger lets a cascade through). The
+# items, then the batches, are locked first in id order, as every writer of the contract
+# locks them (docs/contract.md, "Lock order"), so a worker finishing one of them meanwhile
+# cannot deadlock with the cascade, which would otherwise lock the profile first.
+LOCK_USER_ITEMS = """
+select count(*) from (select g.id from public.generations g where g.user_id = %(id)s
+                       order by g.id for update) items;
+"""
+LOCK_USER_BATCHES = """
+select count(*) from (select b.id from public.generation_batches b where b.user_id = %(id)s
+                       order by b.id for update) batches;
+"""
+COUNT_LEDGER = "select count(*) from public.credit_ledger l where l.user_id = %(id)s"
+DELETE_AUTH_USER = "delete from auth.users u where u.id = %(id)s"
+
+
+async def delete_user(settings: Settings, email_or_id: str) -> DeletedUser:
+    """Delete a local user's account and everything of theirs: rows and stored images."""
+    url = _direct_url(settings, "users delete")
+    user = await asyncio.to_thread(local_user, url, email_or_id)
+    counts = await asyncio.to_thread(_delete_rows, url, user.id)
+    # The rows went first: a crash now leaves files no one can see, never a batch whose
+    # images are missing.
+    images = await LocalStorage(settings.state_dir / "storage").remove_folder(str(user.id))
+    return DeletedUser(id=user.id, email=user.email, **counts, images_removed=images)
+
+
+def _delete_rows(url: str, user_id: UUID) -> dict[str, int]:
+    params = {"id": user_id}
+    with connect(url) as conn, conn.transaction():
+        counts = {
+            "generations": _count(conn, LOCK_USER_ITEMS, params),
+            "batches": _count(conn, LOCK_USER_BATCHES, params),
+            "ledger_entries": _count(conn, COUNT_LEDGER, params),
+        }
+        if conn.execute(DELETE_AUTH_USER, params).rowcount == 0:  # deleted meanwhile
+            raise UserNotFound(f"No user {user_id}.", details={"user": str(user_id)})
+    return counts
+
+
+def _count(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> int:
+    row = conn.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 class AccessToken(BaseModel):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
 
 from portraitkit import admin
 from portraitkit.client import PortraitClient
@@ -44,10 +45,25 @@ DEMO_STYLES = (
 TOP_UP_CREDITS = 100
 
 
-@dataclass(frozen=True)
-class DemoResult:
+class DemoImage(BaseModel):
+    """One result on disk. ``storage_path`` is the object's path in the bucket (what the
+    contract's ``generated_image_url`` holds); ``file`` is where that object is here."""
+
+    model_config = ConfigDict(frozen=True)
+
+    style_key: str
+    style_name: str
+    storage_path: str
+    file: Path
+
+
+class DemoResult(BaseModel):
+    """What ``portraitkit demo --json`` prints: the batch, its images and the sheet."""
+
+    model_config = ConfigDict(frozen=True)
+
     batch: Batch
-    images: list[tuple[str, Path]]  # (style name, file), in the batch's order
+    images: list[DemoImage]  # in the batch's order
     contact_sheet: Path
 
 
@@ -151,12 +167,18 @@ async def _watch_while_working(
             await worker_task
 
 
-def result_files(client: PortraitClient, batch: Batch) -> list[tuple[str, Path]]:
-    """Where the batch's images are on disk (local storage only), by style name."""
+def result_files(client: PortraitClient, batch: Batch) -> list[DemoImage]:
+    """Where the batch's images are on disk (local storage only)."""
     storage = client.storage
     if not isinstance(storage, LocalStorage):
         return []
-    items = sorted(batch.items, key=lambda i: i.position)
     return [
-        (i.style_name, storage.base / i.generated_image_url) for i in items if i.generated_image_url
+        DemoImage(
+            style_key=i.style_key,
+            style_name=i.style_name,
+            storage_path=i.generated_image_url,
+            file=storage.base / i.generated_image_url,
+        )
+        for i in sorted(batch.items, key=lambda i: i.position)
+        if i.generated_image_url
     ]

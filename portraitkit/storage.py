@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,8 @@ MAX_SOURCE_PIXELS = 40_000_000
 MIN_SOURCE_SIDE = 64
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+# As people name them, in messages.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WebP")
 
 
 @dataclass(frozen=True)
@@ -51,38 +54,49 @@ class ImageInfo:
         return EXTENSIONS[self.format]
 
 
-def validate_source_image(data: bytes) -> ImageInfo:
+def validate_source_image(data: bytes, name: str | None = None) -> ImageInfo:
     """Check a photo before anyone is charged for it: a real JPEG, PNG or WebP, not empty,
-    not huge, and not a decompression bomb."""
+    not huge, and not a decompression bomb.
+
+    ``name`` (the file's name, when there is one) is what the messages call the photo.
+    """
+    subject = name or "The image"
+    details: dict[str, Any] = {"field": "source", "accepted": list(ACCEPTED_FORMATS)}
+    if name:
+        details["name"] = name
     if not data:
-        raise InvalidImage("The image is empty.", details={"field": "source"})
+        raise InvalidImage(f"{subject} is empty.", details=details)
     if len(data) > MAX_SOURCE_BYTES:
         raise InvalidImage(
-            f"The image is {len(data)} bytes; the limit is {MAX_SOURCE_BYTES}.",
-            details={"field": "source", "max_bytes": MAX_SOURCE_BYTES, "given": len(data)},
+            f"{subject} is {len(data) / 2**20:.1f} MB; the limit is "
+            f"{MAX_SOURCE_BYTES // 2**20} MB.",
+            details={**details, "max_bytes": MAX_SOURCE_BYTES, "given": len(data)},
         )
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format or "", image.size
             if fmt not in CONTENT_TYPES:
                 raise InvalidImage(
-                    f"{fmt or 'This'} images are not supported; use JPEG, PNG or WebP.",
-                    details={"field": "source", "format": fmt},
+                    f"{subject} is {f'a {fmt} image' if fmt else 'in no format we read'}; "
+                    f"accepted formats: {', '.join(ACCEPTED_FORMATS)}.",
+                    details={**details, "format": fmt},
                 )
             if width * height > MAX_SOURCE_PIXELS:
                 raise InvalidImage(
-                    f"The image has {width}x{height} pixels; the limit is {MAX_SOURCE_PIXELS}.",
-                    details={"field": "source", "max_pixels": MAX_SOURCE_PIXELS},
+                    f"{subject} is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+                    f"the limit is {MAX_SOURCE_PIXELS / 1e6:g} megapixels.",
+                    details={**details, "max_pixels": MAX_SOURCE_PIXELS, "given": width * height},
                 )
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InvalidImage(
-            "The file is not a readable image.", details={"field": "source"}
+            f"{subject} is not a readable image; accepted formats: {', '.join(ACCEPTED_FORMATS)}.",
+            details=details,
         ) from exc
     if min(width, height) < MIN_SOURCE_SIDE:
         raise InvalidImage(
-            f"The image is {width}x{height}; each side needs at least {MIN_SOURCE_SIDE} pixels.",
-            details={"field": "source", "min_side": MIN_SOURCE_SIDE},
+            f"{subject} is {width}x{height}; each side needs at least {MIN_SOURCE_SIDE} pixels.",
+            details={**details, "min_side": MIN_SOURCE_SIDE},
         )
     return ImageInfo(fmt, width, height)
 
@@ -151,9 +165,15 @@ class LocalStorage:
 
     @staticmethod
     def _write(target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        for attempt in range(3):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.write_bytes(data)
+                break
+            except FileNotFoundError:  # a remove pruned the folder, empty until now
+                if attempt == 2:
+                    raise
         os.replace(tmp, target)  # readers never see half a file
 
     async def get(self, path: str) -> bytes:
@@ -163,8 +183,35 @@ class LocalStorage:
             raise ObjectNotFound(f"No stored object at {path!r}.", details={"path": path}) from exc
 
     async def remove(self, paths: list[str]) -> None:
-        for path in paths:
-            self.file_for(path).unlink(missing_ok=True)
+        """Remove the objects, then the folders they leave empty: a bucket has no folders,
+        so a deleted batch leaves none behind."""
+        await asyncio.to_thread(self._remove, [self.file_for(path) for path in paths])
+
+    def _remove(self, files: list[Path]) -> None:
+        for file in files:
+            file.unlink(missing_ok=True)
+        base = self.base.resolve()
+        for folder in sorted({f.parent for f in files}, key=lambda f: -len(f.parts)):
+            while folder != base and base in folder.parents:
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:
+                    pass  # pruned already, with a deeper one
+                except OSError:
+                    break  # not empty: other objects live here
+                folder = folder.parent
+
+    async def remove_folder(self, prefix: str) -> int:
+        """Remove every object under ``prefix`` (e.g. a user's id); returns how many."""
+        return await asyncio.to_thread(self._remove_folder, self.file_for(prefix))
+
+    @staticmethod
+    def _remove_folder(folder: Path) -> int:
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+        shutil.rmtree(folder)
+        return count
 
     async def url(self, path: str, expires_in: int = 3600) -> str:
         return self.file_for(path).as_uri()

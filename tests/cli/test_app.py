@@ -24,6 +24,7 @@ COMMANDS = [
     ["db", "new"],
     ["users", "create"],
     ["users", "list"],
+    ["users", "delete"],
     ["credits", "grant"],
     ["styles"],
     ["batches", "create"],

@@ -249,7 +249,7 @@ def test_delete_removes_the_batch(cli: Cli, make_user: MakeUser) -> None:
     user = make_user(credits=10)
     batch_id = create(cli, user, "noir")
 
-    result = cli.json("batches", "delete", batch_id, "--user", user)
+    result = cli.json("batches", "delete", batch_id, "--user", user, "--yes")
 
     assert (result["deleted"], result["refunded"]) == (True, 1)
     cli.run("batches", "show", batch_id, "--user", user, code=4)

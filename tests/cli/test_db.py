@@ -147,16 +147,17 @@ def test_json_errors_carry_a_code(
     assert "SUPABASE_URL" in error["message"]
 
 
-def test_reset_asks_first_and_drops_nothing_on_no(runner: CliRunner, state_dir: Path) -> None:
+def test_reset_without_a_terminal_needs_yes_and_drops_nothing(
+    runner: CliRunner, state_dir: Path
+) -> None:
     cli = Cli(None, state_dir)
     email = f"{uuid.uuid4().hex[:8]}@example.test"
     cli.run("users", "create", email)
 
-    result = cli.run("db", "reset", input="n\n", code=1)
+    result = cli.run("db", "reset", input="y\n", code=2)
 
-    assert "Drop database 'postgres' on 127.0.0.1:" in result.stderr
-    assert result.stderr.strip().endswith(
-        "error: Nothing was dropped (pass --yes to skip the question)."
+    assert result.stderr == (
+        "error: This deletes data and there is no terminal to ask on: pass --yes to go ahead.\n"
     )
     assert email in [u["email"] for u in cli.json("users", "list")]
 

@@ -73,17 +73,29 @@ def test_demo_makes_a_batch_of_portraits_from_nothing(first_run: FirstRun) -> No
     assert all(decodes(path) for path in images)
     assert sheet.parent == first_run.state_dir / "demo"
     assert decodes(sheet)
+    # The next steps are commands this shell can run: the venv is not activated here.
+    steps = out[out.index("next:") :].splitlines()[1:]
+    assert steps and all(line.split()[0] == str(PORTRAITKIT) for line in steps)
+    assert any(" db stop" in line for line in steps)
 
 
 def test_demo_runs_again(first_run: FirstRun) -> None:
     result = portraitkit(first_run.state_dir, "demo", "--json")
 
     assert result.returncode == 0, result.stderr
-    batch = json.loads(result.stdout)
+    demo = json.loads(result.stdout)
+    batch = demo["batch"]
     assert (batch["status"], batch["completed_count"], batch["total_count"]) == ("completed", 8, 8)
     storage = first_run.state_dir / "storage" / "portraits"
-    assert all(decodes(storage / item["generated_image_url"]) for item in batch["items"])
-    assert decodes(first_run.state_dir / "demo" / f"contact-sheet-{batch['id']}.png")
+    assert [image["storage_path"] for image in demo["images"]] == [
+        item["generated_image_url"] for item in batch["items"]
+    ]
+    for image in demo["images"]:
+        assert Path(image["file"]) == storage / image["storage_path"]
+        assert decodes(Path(image["file"]))
+    sheet = Path(demo["contact_sheet"])
+    assert sheet == first_run.state_dir / "demo" / f"contact-sheet-{batch['id']}.png"
+    assert decodes(sheet)
 
 
 def test_the_demo_batch_is_in_the_gallery(first_run: FirstRun, clean_env: None) -> None:
@@ -111,7 +123,7 @@ def test_every_user_command_works_on_the_embedded_database(
     assert cli.json("batches", "cancel", dropped, "-u", email)["refunded"] == 1
     assert cli.json("worker", "--once", "--generator", "noop")["completed"] == 2
     assert cli.json("batches", "watch", kept, "-u", email)["status"] == "completed"
-    assert cli.json("batches", "delete", dropped, "-u", email)["deleted"] is True
+    assert cli.json("batches", "delete", dropped, "-u", email, "--yes")["deleted"] is True
     stats = cli.json("stats", "-u", email)
     assert (stats["batches"], stats["completed"], stats["balance"]) == (1, 2, 5)
     assert email in [u["email"] for u in cli.json("users", "list")]
