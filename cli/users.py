@@ -105,8 +105,8 @@ def delete(
 ) -> None:
     """Delete a user's account with everything of theirs: batches, credits, stored images.
 
-    The profile, batches, generations and credit ledger go with the account (the schema
-    cascades them). Asks first (unless --yes); without a terminal to ask on, --yes is
+    The profile, batches, generations and images go with the account; the credit ledger's
+    entries are kept (the record of what was paid, naming only the user id). Asks first (unless --yes); without a terminal to ask on, --yes is
     required.
 
     Examples:
@@ -130,8 +130,10 @@ def delete(
         what_went = [
             plural(deleted.batches, "batch", "batches"),
             plural(deleted.images_removed, "image"),
-            plural(deleted.ledger_entries, "ledger entry", "ledger entries"),
         ]
+        if deleted.ledger_entries:
+            kept = plural(deleted.ledger_entries, "ledger entry", "ledger entries")
+            what_went.append(f"{kept} kept")
         console().print(
             f"deleted [bold]{deleted.email}[/bold] ({deleted.id}): {', '.join(what_went)}"
         )

@@ -114,12 +114,12 @@ class DeletedUser(BaseModel):
     email: str
     batches: int
     generations: int
-    ledger_entries: int
+    ledger_entries: int  # kept: the ledger outlives the account
     images_removed: int
 
 
-# Everything of the user's goes with the auth.users row: the profile cascades to batches,
-# generations and the credit ledger (its append-only trigger lets a cascade through). The
+# Everything of the user's goes with the auth.users row: the profile cascades to batches
+# and generations. The credit ledger stays (docs/contract.md, "Credits"). The
 # items, then the batches, are locked first in id order, as every writer of the contract
 # locks them (docs/contract.md, "Lock order"), so a worker finishing one of them meanwhile
 # cannot deadlock with the cascade, which would otherwise lock the profile first.

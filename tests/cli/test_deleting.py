@@ -176,10 +176,13 @@ def test_users_delete_removes_the_account_its_rows_and_its_images(
         "email": doomed,
         "batches": 2,
         "generations": 3,
-        "ledger_entries": 2,  # two debits; nothing refunded
+        "ledger_entries": 2,  # two debits, kept; nothing refunded
         "images_removed": 4,  # one source photo, three results
     }
-    assert set(rows_of(db_url, doomed_id).values()) == {0}
+    rows = rows_of(db_url, doomed_id)
+    # The ledger outlives the account (docs/contract.md, "Credits"): nothing else stays.
+    assert rows.pop("public.credit_ledger") == 2
+    assert set(rows.values()) == {0}
     assert not (storage / doomed_id).exists()
     assert doomed not in [u["email"] for u in cli.json("users", "list")]
     assert (rows_of(db_url, other_id), stored_files(storage / other_id)) == before
@@ -192,7 +195,7 @@ def test_users_delete_prints_what_went(cli: Cli, make_user: MakeUser) -> None:
     out = cli.run("users", "delete", user, "-y").stdout
 
     assert out.startswith(f"deleted {user} (")
-    assert out.endswith("): 1 batch, 1 image, 1 ledger entry\n")
+    assert out.endswith("): 1 batch, 1 image, 1 ledger entry kept\n")
 
 
 def user_id_from(claimed: list[dict[str, object]], batch_id: str) -> str:
@@ -209,7 +212,9 @@ def test_users_delete_takes_running_items_with_it(
 
     cli.run("users", "delete", user, "--yes")
 
-    assert set(rows_of(db_url, user_id_from(claimed, batch_id)).values()) == {0}
+    rows = rows_of(db_url, user_id_from(claimed, batch_id))
+    assert rows.pop("public.credit_ledger") == 1  # the debit, kept
+    assert set(rows.values()) == {0}
 
 
 def test_users_delete_without_a_terminal_needs_yes(cli: Cli, make_user: MakeUser) -> None:

@@ -226,21 +226,28 @@ def test_ledger_is_append_only_even_for_the_owner(world: dict[str, Any], admin: 
         admin.execute("delete from public.credit_ledger")
 
 
-def test_deleting_a_user_removes_their_data(world: dict[str, Any], admin: Any) -> None:
+def count_rows(admin: Any, table: str, column: str, user: Any) -> int:
+    query = f"select count(*) as n from public.{table} where {column} = %s"
+    return int(admin.execute(query, (user,)).fetchone()["n"])
+
+
+def test_deleting_a_user_removes_their_data_but_keeps_their_ledger(
+    world: dict[str, Any], admin: Any
+) -> None:
     bob = world["bob"].user_id
+    ledger = count_rows(admin, "credit_ledger", "user_id", bob)
+    assert ledger > 0
     admin.execute("delete from auth.users where id = %s", (bob,))
     for table, column in (
         ("profiles", "id"),
-        ("credit_ledger", "user_id"),
         ("generation_batches", "user_id"),
         ("generations", "user_id"),
     ):
-        assert (
-            admin.execute(
-                f"select count(*) as n from public.{table} where {column} = %s", (bob,)
-            ).fetchone()["n"]
-            == 0
-        )
+        assert count_rows(admin, table, column, bob) == 0
+    assert count_rows(admin, "credit_ledger", "user_id", bob) == ledger
+    # Still append-only, for everyone: the account's deletion opened no way round it.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        admin.execute("delete from public.credit_ledger where user_id = %s", (bob,))
 
 
 # --- the Supabase database linter's rules, checked against the catalog -----------------
