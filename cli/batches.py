@@ -22,7 +22,7 @@ from . import render
 from .catalogue import style_key_for, with_suggestions
 from .context import CliContext, cli_context, run
 from .exit_codes import ExitCode
-from .output import Typer, Yes, confirm_or_refuse, console, emit_json
+from .output import Typer, Yes, command_name, confirm_or_refuse, console, emit_json
 
 T = TypeVar("T")
 
@@ -112,9 +112,8 @@ def create(
         f"created batch [bold]{batch.id}[/bold]: {render.plural(batch.total_count, 'style')}, "
         f"charged {render.plural(batch.credits_charged, 'credit')} (balance {balance})"
     )
-    out.print(
-        f"next: portraitkit worker --once, then portraitkit batches show {batch.id} --user {user}"
-    )
+    me = command_name()
+    out.print(f"next: {me} worker --once, then {me} batches show {batch.id} --user {user}")
 
 
 def _sample_photo() -> bytes:
@@ -266,7 +265,9 @@ async def follow_batch(options: CliContext, user: str, batch_id: UUID, backstop:
         batch_feed(options.settings(), client, batch_id) as feed,
     ):
         with render.BatchView(console()) as view:
-            async for final in watch_batch(client, batch_id, feed, backstop=backstop):
+            # Said on stderr with --json, so the document on stdout stays one document.
+            note = console(stderr=True).print if options.json else view.note
+            async for final in watch_batch(client, batch_id, feed, backstop=backstop, on_note=note):
                 if not options.json:
                     view.update(final)
     assert final is not None

@@ -52,15 +52,14 @@ class CliContext:
     async def user_client(self, user: str) -> AsyncIterator[PortraitClient]:
         """A client acting as ``user`` (email or id): RLS applies, nothing is bypassed."""
         settings = self.settings()
-        if settings.mode == "supabase":
-            client = await open_client(
-                settings,
-                user=user,
-                password=os.environ.get(PASSWORD_ENV),
-                access_token=os.environ.get(ACCESS_TOKEN_ENV),
-            )
-        else:
-            client = await open_client(settings, user=user)
+        # A token held from elsewhere (a Supabase project's, ES256 or HS256) works in
+        # every mode; a password only signs in on Supabase.
+        client = await open_client(
+            settings,
+            user=user,
+            password=os.environ.get(PASSWORD_ENV) if settings.mode == "supabase" else None,
+            access_token=os.environ.get(ACCESS_TOKEN_ENV),
+        )
         async with client:
             yield client
 

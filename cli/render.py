@@ -227,6 +227,11 @@ class BatchView:
         else:
             self._print_changes(batch)
 
+    def note(self, message: str) -> None:
+        """A line about the batch's circumstances (no worker running), above the bars."""
+        target = self._progress.console if self._progress is not None else self.console
+        target.print(f"[yellow]{message}[/yellow]")
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()

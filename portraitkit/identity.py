@@ -6,7 +6,9 @@ commands and the worker for the service role, the web server for each request's 
 
 - Direct modes: the direct-Postgres transport with a JWT the transport verifies as
   PostgREST would (a local user's token signed with the local secret, a token the caller
-  holds, or the service role's), and the local storage directory.
+  holds, or the service role's), and the local storage directory. A held token may be
+  signed with the local secret or, from a Supabase project, with its published key pair
+  (``Settings.signing_keys_url``).
 - Supabase: supabase-py with a real sign-in, a token the caller holds, the secret key
   (service role) or the publishable key (anonymous), and Supabase Storage.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from portraitkit.auth import issue_service_token
+from portraitkit.auth import issue_service_token, shared_verifier
 from portraitkit.client import PortraitClient
 from portraitkit.errors import ConfigurationError, NotAuthenticated
 from portraitkit.session import LocalTokens, database_url, local_user
@@ -67,12 +69,12 @@ async def open_client(
     """A client acting as ``identity``; closing it closes what it opened.
 
     ``pool`` shares a connection pool the caller owns (a server's requests); ``verify``
-    replaces the local-secret check of a token (a server that also accepts tokens signed
-    with the project's key pair has verified them already).
+    replaces the transport's check of a token (a server has verified it already).
     """
     if settings.mode == "supabase":
         return await _open_supabase(settings, identity)
     secret = settings.jwt_secret_value()
+    verifier = shared_verifier(secret, settings.signing_keys_url())
     url: str | None = None
     tokens: Callable[[], str | None]
     if isinstance(identity, Service):
@@ -83,6 +85,8 @@ async def open_client(
     elif identity.access_token is not None:
         held = identity.access_token
         tokens = lambda: held  # noqa: E731
+        if verify is None:  # so that checking it later (``user_id``) need not wait
+            await verifier.fetch_key_for(held)
     elif identity.email_or_id is not None:
         url = await asyncio.to_thread(database_url, settings)
         user = await asyncio.to_thread(local_user, url, identity.email_or_id)
@@ -95,7 +99,9 @@ async def open_client(
             url = await asyncio.to_thread(database_url, settings)
         pool = make_pool(url, max_size=pool_size)
         await pool.open()
-    transport = PostgresTransport(pool, tokens, secret, owns_pool=owns_pool, verify=verify)
+    transport = PostgresTransport(
+        pool, tokens, secret, owns_pool=owns_pool, verify=verify, verifier=verifier
+    )
     return PortraitClient(transport, LocalStorage(settings.state_dir / "storage"))
 
 

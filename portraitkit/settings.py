@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +16,26 @@ from portraitkit.errors import ConfigurationError
 from portraitkit.secretfile import read_or_create_secret
 
 Mode = Literal["supabase", "postgres", "embedded"]
+
+
+def _supabase_project_url(database_url: str | None) -> str | None:
+    """The API URL of the Supabase project a connection string reaches: the direct host
+    ``db.<ref>.supabase.co``, or the shared pooler (``*.pooler.supabase.com``) with the
+    user ``<role>.<ref>`` (Supabase docs: guides/database/connecting-to-postgres)."""
+    if not database_url:
+        return None
+    try:
+        params = conninfo_to_dict(database_url)
+    except psycopg.ProgrammingError:
+        return None
+    host, user = str(params.get("host") or ""), str(params.get("user") or "")
+    direct = re.fullmatch(r"db\.([a-z0-9]+)\.supabase\.co", host)
+    if direct:
+        return f"https://{direct.group(1)}.supabase.co"
+    pooled = re.fullmatch(r"[^.]+\.([a-z0-9]+)", user)
+    if host.endswith(".pooler.supabase.com") and pooled:
+        return f"https://{pooled.group(1)}.supabase.co"
+    return None
 
 
 def _default_state_dir() -> Path:
@@ -64,7 +87,8 @@ class Settings(BaseSettings):
         None,
         validation_alias=_env("PORTRAITKIT_JWKS_URL", "jwks_url"),
         description="Where the public keys that sign user tokens are published. Unset: "
-        "<SUPABASE_URL>/auth/v1/.well-known/jwks.json on Supabase, none otherwise.",
+        "<SUPABASE_URL>/auth/v1/.well-known/jwks.json on Supabase, or for a DATABASE_URL on "
+        "a Supabase host (direct or pooler) its project's; none otherwise.",
     )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
@@ -116,8 +140,9 @@ class Settings(BaseSettings):
         """The JWKS that user tokens may be signed with (see ``jwks_url``)."""
         if self.jwks_url:
             return self.jwks_url
-        if self.supabase_url:
-            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        project = self.supabase_url or _supabase_project_url(self.database_url)
+        if project:
+            return project.rstrip("/") + "/auth/v1/.well-known/jwks.json"
         return None
 
     def jwt_secret_value(self) -> str:

@@ -199,7 +199,7 @@ class Gateway:
                 self.postgrest.conninfo, conninfo, jwt_secret, Path(storage_root), self.keys.jwks()
             )
             if has_storage and has_storage[0]
-            else FolderStorageAPI(jwt_secret, Path(storage_root))
+            else FolderStorageAPI(jwt_secret, Path(storage_root), self.keys.jwks())
         )
 
     @property

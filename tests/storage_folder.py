@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.postgrest import Claims
+from tests.postgrest import Claims, Jwks
 from tests.storage_api import (
     ObjectFiles,
     StorageError,
@@ -32,10 +32,15 @@ BUCKET = "portraits"
 
 
 class FolderStorageAPI:
-    """``/storage/v1`` object upload, download, remove and signed URLs on a directory."""
+    """``/storage/v1`` object upload, download, remove and signed URLs on a directory.
 
-    def __init__(self, secret: str, root: Path) -> None:
+    Callers' tokens are checked as Storage checks them: HS256 with ``secret``, or ES256/RS256
+    with the key of ``jwks`` their ``kid`` names (see :func:`tests.storage_api.verify_caller`).
+    """
+
+    def __init__(self, secret: str, root: Path, jwks: Jwks | None = None) -> None:
         self.secret = secret
+        self.jwks = jwks
         self.files = ObjectFiles(root)
 
     def close(self) -> None:
@@ -54,7 +59,7 @@ class FolderStorageAPI:
             bucket, key = parts[2], "/".join(parts[3:])
             verify_signed_url(self.secret, bucket, key, request.url.params)
             return self.files.read(bucket, key)
-        claims = verify_caller(self.secret, token)
+        claims = verify_caller(self.secret, token, self.jwks)
         bucket, key = (parts[2], "/".join(parts[3:])) if sign else (parts[1], "/".join(parts[2:]))
         if parts[0] != "object" or bucket != BUCKET:
             raise bucket_not_found()

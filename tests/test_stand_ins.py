@@ -26,10 +26,9 @@ from storage3.exceptions import StorageApiError
 from supabase import AsyncClientOptions, acreate_client
 
 from portraitkit import errors
-from portraitkit.auth import LocalUser
+from portraitkit.auth import LocalUser, TokenVerifier
 from portraitkit.transports.base import RetryPolicy
 from portraitkit.transports.supabase import SupabaseTransport
-from portraitkit.web.tokens import TokenVerifier
 from tests.gateway import Gateway, create_supabase_database, drop_database
 
 pytestmark = pytest.mark.anyio

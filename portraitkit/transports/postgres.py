@@ -1,8 +1,8 @@
 """Direct Postgres: the embedded server, or any database reached by DATABASE_URL.
 
-Each call does what PostgREST does for a request: verify the JWT with the project's
-secret, then in one transaction switch to its role, set ``request.jwt.claims`` and call the
-function. RLS and grants apply exactly as through the HTTP API. No server-side prepared
+Each call does what PostgREST does for a request: verify the JWT (the project's HS256
+secret, or its published key pair), then in one transaction switch to its role, set
+``request.jwt.claims`` and call the function. RLS and grants apply exactly as through the HTTP API. No server-side prepared
 statements and nothing kept between transactions, so a transaction-mode pooler works.
 """
 
@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from portraitkit.auth import verify_token
+from portraitkit.auth import TokenVerifier
 from portraitkit.database import rpc
 from portraitkit.errors import DatabaseBusy, DatabaseUnavailable
 from portraitkit.retrying import is_transient
@@ -48,28 +48,42 @@ class PostgresTransport:
         owns_pool: bool = False,
         retry: RetryPolicy | None = None,
         verify: Callable[[str], Mapping[str, Any]] | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        """``verifier`` checks the token (by default: HS256 with ``jwt_secret`` only);
+        ``verify`` replaces the check for a server that has verified the token already."""
         self._pool = pool
         self._token = token
-        self._secret = jwt_secret
-        # A server that verified the token already (HS256 or a project key pair) says so.
-        self._verify = verify or (lambda token: verify_token(jwt_secret, token))
+        self._verify = verify
+        self._verifier = verifier or TokenVerifier(jwt_secret)
         self._owns_pool = owns_pool
         self._retry = retry or RetryPolicy()
 
-    def _claims(self) -> dict[str, Any] | None:
+    async def _claims(self) -> dict[str, Any] | None:
+        """The claims a call runs with; a key-pair token may need the key set fetched."""
         token = self._token()
-        return dict(self._verify(token)) if token else None
+        if not token:
+            return None
+        if self._verify is not None:
+            return dict(self._verify(token))
+        # Any role's token, as PostgREST takes them: the service role's has no sub or aud.
+        return await self._verifier.verify(token, require=())
 
     @property
     def user_id(self) -> str | None:
-        claims = self._claims()
-        return str(claims["sub"]) if claims and claims.get("sub") else None
+        token = self._token()
+        if not token:
+            return None
+        if self._verify is not None:
+            claims = dict(self._verify(token))
+        else:  # the keys it needs were fetched when the client was opened
+            claims = self._verifier.check(token, require=())
+        return str(claims["sub"]) if claims.get("sub") else None
 
     async def rpc(
         self, function: str, args: Mapping[str, Any] | None = None, *, retry_safe: bool = False
     ) -> Any:
-        claims = self._claims()
+        claims = await self._claims()
 
         async def call(conn: psycopg.AsyncConnection[Any]) -> Any:
             return await rpc.acall(conn, function, args, claims=claims)
@@ -87,7 +101,7 @@ class PostgresTransport:
         query = sql.SQL("select {} from public.{}").format(cols, sql.Identifier(table))
         if order:
             query += sql.SQL(" order by ") + sql.SQL(", ").join(map(sql.Identifier, order))
-        claims = self._claims()
+        claims = await self._claims()
 
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
             return await rpc.aselect(conn, query, claims=claims)

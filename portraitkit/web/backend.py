@@ -15,6 +15,7 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
+from portraitkit.auth import TokenVerifier
 from portraitkit.client import PortraitClient
 from portraitkit.errors import NotAllowed
 from portraitkit.identity import ANONYMOUS, User, open_client
@@ -25,7 +26,6 @@ from portraitkit.storage import LocalStorage
 from portraitkit.transports.postgres import make_pool
 from portraitkit.web.media import MediaSigner
 from portraitkit.web.schemas import BatchCard, BatchDetail, GenerationOut
-from portraitkit.web.tokens import TokenVerifier
 
 
 class Backend:

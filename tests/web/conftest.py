@@ -3,75 +3,28 @@ with access tokens, and a local JWKS endpoint serving a key pair of our own."""
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-import jwt
 import psycopg
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
 from portraitkit.auth import LocalUser, create_local_user, issue_user_token
 from portraitkit.settings import Settings
 from portraitkit.web import create_app
+from tests.jwks import Jwks
 
 SECRET = "portraitkit-web-test-secret-with-32-bytes-or-more"
-KID = "test-key-1"
 LOOPBACK = ("127.0.0.1", 50000)
-
-
-class Jwks:
-    """A key pair, its public half served at ``url`` as Supabase Auth serves its JWKS."""
-
-    def __init__(self) -> None:
-        self.private = ec.generate_private_key(ec.SECP256R1())
-        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
-        body = json.dumps({"keys": [{**public, "kid": KID, "alg": "ES256", "use": "sig"}]})
-        self.requests = 0
-        jwks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                jwks.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/auth/v1/.well-known/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, user: LocalUser, *, kid: str = KID, ttl: int = 3600, **claims: Any) -> str:
-        import time
-
-        now = int(time.time())
-        payload = {
-            "sub": str(user.id),
-            "aud": "authenticated",
-            "role": "authenticated",
-            "email": user.email,
-            "iat": now,
-            "exp": now + ttl,
-            **claims,
-        }
-        return jwt.encode(payload, self.private, algorithm="ES256", headers={"kid": kid})
 
 
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[Jwks]:
     keys = Jwks()
     yield keys
-    keys.server.shutdown()
+    keys.close()
 
 
 @pytest.fixture(scope="module")
