@@ -197,7 +197,7 @@ def show(
 
     batch, locations = run(detail())
     if options.json:
-        emit_json(render.batch_json(batch))
+        emit_json(batch)
         return
     out = console()
     for line in render.batch_header(batch):
@@ -252,7 +252,7 @@ def watch(
         console(stderr=True).print("stopped watching; the batch goes on")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     if options.json:
-        emit_json(render.batch_json(final))
+        emit_json(final)
     else:
         console().print(render.summary(final))
 

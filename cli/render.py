@@ -56,30 +56,11 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else many or word + 's'}"
 
 
-def refunded_credits(batch: Batch) -> int:
-    """What the batch's items now failed or cancelled got back: each is refunded its own
-    cost once (docs/contract.md, "Credits"); a failed item that was retried was charged
-    again, so only those failed or cancelled now count."""
-    ended_unpaid = (GenerationStatus.FAILED, GenerationStatus.CANCELLED)
-    return sum(item.credit_cost for item in batch.items if item.status in ended_unpaid)
-
-
 def refund_note(batch: Batch) -> str:
     """``, 3 refunded (net 0)`` after what a batch was charged; nothing if nothing was."""
-    refunded = refunded_credits(batch)
-    return f", {refunded} refunded (net {batch.credits_charged - refunded})" if refunded else ""
-
-
-def batch_json(batch: Batch) -> dict[str, Any]:
-    """The batch's JSON with what was refunded and the net charge after its credits."""
-    data: dict[str, Any] = {}
-    refunded = refunded_credits(batch)
-    for key, value in batch.model_dump(mode="json").items():
-        data[key] = value
-        if key == "credits_charged":
-            data["refunded_credits"] = refunded
-            data["net_credits"] = batch.credits_charged - refunded
-    return data
+    if not batch.refunded_credits:
+        return ""
+    return f", {batch.refunded_credits} refunded (net {batch.net_credits})"
 
 
 def photos(batch: BatchSummary) -> str:

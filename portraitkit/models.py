@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 
 class BatchStatus(StrEnum):
@@ -94,6 +94,21 @@ class Generation(_Model):
 
 class Batch(BatchSummary):
     items: list[Generation]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refunded_credits(self) -> int:
+        """What the batch got back: each item now failed or cancelled was refunded its own
+        cost once (docs/contract.md, "Credits"); a failed item that was retried was charged
+        again, so only those failed or cancelled now count."""
+        ended_unpaid = (GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+        return sum(item.credit_cost for item in self.items if item.status in ended_unpaid)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def net_credits(self) -> int:
+        """What the batch cost in the end: charged, less what was refunded."""
+        return self.credits_charged - self.refunded_credits
 
 
 class BatchPage(_Model):

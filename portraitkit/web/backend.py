@@ -114,7 +114,12 @@ class Backend:
             )
             for item in batch.items
         ]
-        return BatchDetail(**card.model_dump(exclude={"items"}), items=items)
+        return BatchDetail(
+            **card.model_dump(exclude={"items"}),
+            items=items,
+            refunded_credits=batch.refunded_credits,
+            net_credits=batch.net_credits,
+        )
 
     async def ready(self) -> None:
         """Raises unless the database answers."""

@@ -34,6 +34,8 @@ class GenerationOut(Generation):
 
 class BatchDetail(BatchCard):
     items: list[GenerationOut]
+    refunded_credits: int = Field(0, description="Refunded for items now failed or cancelled.")
+    net_credits: int = Field(description="What the batch cost in the end: charged less refunded.")
 
 
 class BatchList(BaseModel):

@@ -147,6 +147,12 @@ def test_cancel_retry_and_delete(api: TestClient, make_user: MakeUser) -> None:
         2,
         "cancelled",
     )
+    detail = api.get(f"/api/user/batches/{batch_id}", headers=headers).json()
+    assert (detail["credits_charged"], detail["refunded_credits"], detail["net_credits"]) == (
+        2,
+        2,
+        0,
+    )
     _error(api.post(f"/api/user/batches/{batch_id}/cancel", headers=headers), 409, "batch_finished")
     _error(
         api.post(f"/api/user/batches/{batch_id}/retry", headers=headers), 409, "nothing_to_retry"

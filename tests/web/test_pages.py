@@ -210,6 +210,8 @@ def test_the_batch_page_shows_each_photo_with_status_attempts_and_error(
     assert page.count("The model refused this photo.") == 2
     assert re.search(r'<button class="button js-retry" type="button">', page)  # shown
     assert re.search(r'js-cancel" type="button" hidden>', page)  # nothing left to cancel
+    credits = re.search(r'class="batch__credits">([^<]*)<', page)
+    assert credits is not None and credits[1] == "3 credits paid, 3 refunded"  # both failed
 
 
 def test_another_users_batch_page_is_404(pages: TestClient, signed_in: Any) -> None:
