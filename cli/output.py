@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -199,9 +201,6 @@ def command_name() -> str:
     """How to type this program again in the user's shell, for "next:" lines: plain
     ``portraitkit`` when that is on PATH and is this program, else the path it was run
     by (``.venv/bin/portraitkit`` from the project's folder, before the venv is activated)."""
-    import shutil
-    from pathlib import Path
-
     me = Path(sys.argv[0]).resolve()
     found = shutil.which("portraitkit")
     if (found is not None and Path(found).resolve() == me) or me.name != "portraitkit":
