@@ -8,11 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from portraitkit.admin import open_service_client
 from portraitkit.models import WorkerRecord, WorkerState
-from portraitkit.settings import Settings
 
-from .context import cli_context, run
+from .context import CliContext, cli_context, run
 from .output import console, emit_json
 
 STATE_STYLE = {WorkerState.LIVE: "green", WorkerState.STOPPED: "dim", WorkerState.LOST: "red"}
@@ -36,7 +34,7 @@ def workers(
       portraitkit workers --all --json
     """
     options = cli_context(ctx)
-    records = run(_list(options.settings(), include_stopped=all_))
+    records = run(_list(options, include_stopped=all_))
     if options.json:
         emit_json(records)
         return
@@ -51,8 +49,8 @@ def workers(
     out.print(_table(records, datetime.now(UTC)))
 
 
-async def _list(settings: Settings, *, include_stopped: bool) -> list[WorkerRecord]:
-    async with await open_service_client(settings) as client:
+async def _list(options: CliContext, *, include_stopped: bool) -> list[WorkerRecord]:
+    async with options.service_client() as client:
         return await client.list_workers(include_stopped=include_stopped)
 
 
