@@ -474,10 +474,15 @@ class Worker:
         return max(5, math.ceil(self.options.heartbeat_seconds * 3))
 
     async def _heartbeat_loop(self) -> None:
-        """Say this worker is alive; renew the leases of every item it holds and abandon
-        the ones it lost."""
+        """Say this worker is alive (three times per check-in's life, so a fast heartbeat
+        does not pay a check-in each time); renew the leases of every item it holds and
+        abandon the ones it lost."""
+        checked_in_at: float | None = None
         while True:
-            await self.queue.checkin(self._presence(), self._presence_ttl)
+            now = time.monotonic()
+            if checked_in_at is None or now - checked_in_at >= self._presence_ttl / 3:
+                await self.queue.checkin(self._presence(), self._presence_ttl)
+                checked_in_at = now
             await asyncio.sleep(self.options.heartbeat_seconds)
             holding = dict(self._running)
             held = await self.queue.heartbeat({gid: h.attempt for gid, h in holding.items()})
