@@ -68,7 +68,7 @@ def run_in_terminal(cli: Cli, *args: str, answer: str) -> tuple[int, str]:
                 if not chunk:
                     break
                 output += chunk
-            if not answered and b"[y/N]" in output:
+            if not answered and output.endswith(b"[y/N]: "):  # the whole prompt, then answer
                 os.write(controller, answer.encode() + b"\n")
                 answered = True
         return process.wait(timeout=30), output.decode().replace("\r\n", "\n")
