@@ -28,6 +28,7 @@ The whole hierarchy lives here (as in httpx's ``_exceptions.py``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -412,3 +413,26 @@ def error_from_postgres(
             body.get("code"), body.get("message"), body.get("details"), body.get("hint"), status
         )
     return error_from_payload(sqlstate, message, detail, hint, http_status)
+
+
+# Realtime's reasons for refusing a join or closing a channel come as "<code>: <message>"
+# (supabase/realtime lib/realtime_web/channels/realtime_channel.ex): the token's, which the
+# same token can never pass, and the channel's policies. Anything else may pass (a restart,
+# a rate limit, the project's database still connecting).
+TOKEN_REFUSALS = frozenset(
+    {"InvalidJWTToken", "JwtSignatureError", "InvalidJWTExpiration", "MalformedJWT"}
+)
+POLICY_REFUSALS = frozenset({"Unauthorized", "PrivateOnly"})
+
+
+def realtime_refusal(response: Mapping[str, Any]) -> PortraitkitError:
+    """The typed error for Realtime's answer to a refused join (``phx_reply`` with status
+    ``error``: ``{"reason": ...}``) or a channel's error (``system``: ``{"message": ...}``)."""
+    reason = str(response.get("reason") or response.get("message") or "no reason given")
+    code = reason.partition(":")[0].strip()
+    details = {"reason": reason}
+    if code in TOKEN_REFUSALS:
+        return NotAuthenticated(f"Realtime refused the access token: {reason}", details=details)
+    if code in POLICY_REFUSALS:
+        return NotAllowed(f"Realtime refused the channel: {reason}", details=details)
+    return DatabaseUnavailable(f"Realtime refused the channel: {reason}", details=details)

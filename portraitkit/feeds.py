@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import psycopg
@@ -25,6 +25,7 @@ from portraitkit.errors import (
     NotAuthenticated,
     PortraitkitError,
     TransportTimeout,
+    realtime_refusal,
 )
 from portraitkit.retrying import retrying
 
@@ -323,29 +324,6 @@ class RealtimeFeed(_Doorbell):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
         await self._drop(self._channel)
-
-
-# Realtime's reasons for refusing a join or closing a channel come as "<code>: <message>"
-# (supabase/realtime lib/realtime_web/channels/realtime_channel.ex): the token's, which the
-# same token can never pass, and the channel's policies. Anything else may pass (a restart,
-# a rate limit, the project's database still connecting).
-TOKEN_REFUSALS = frozenset(
-    {"InvalidJWTToken", "JwtSignatureError", "InvalidJWTExpiration", "MalformedJWT"}
-)
-POLICY_REFUSALS = frozenset({"Unauthorized", "PrivateOnly"})
-
-
-def realtime_refusal(response: Mapping[str, Any]) -> PortraitkitError:
-    """The typed error for Realtime's answer to a refused join (``phx_reply`` with status
-    ``error``: ``{"reason": ...}``) or a channel's error (``system``: ``{"message": ...}``)."""
-    reason = str(response.get("reason") or response.get("message") or "no reason given")
-    code = reason.partition(":")[0].strip()
-    details = {"reason": reason}
-    if code in TOKEN_REFUSALS:
-        return NotAuthenticated(f"Realtime refused the access token: {reason}", details=details)
-    if code in POLICY_REFUSALS:
-        return NotAllowed(f"Realtime refused the channel: {reason}", details=details)
-    return DatabaseUnavailable(f"Realtime refused the channel: {reason}", details=details)
 
 
 def _error_payload(error: Exception | None) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 Each method is one call of ``claim_generations``, ``heartbeat_generations``,
 ``complete_generations``, ``fail_generation``, ``release_generations``,
-``recover_expired_leases`` or ``worker_checkin``, with typed arguments and results, retried with backoff on
-transient errors (a dropped connection, a deadlock, a serialization failure, a timeout).
-Retrying is safe for each of them: a call that did not commit changed nothing, and a call
-whose answer was lost after its commit answers the same the second time (a completion is
+``recover_expired_leases`` or ``worker_checkin``, with typed arguments and results,
+retried with backoff on transient errors (a dropped connection, a deadlock, a
+serialization failure, a timeout). Retrying is safe for each of them: a call that did not
+commit changed nothing, and a call whose answer was lost after its commit answers the same the second time (a completion is
 accepted again for the same path) or, for a claim, only costs the claimed items a lease
 expiry.
 """

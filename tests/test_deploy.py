@@ -39,6 +39,7 @@ from PIL import Image
 from pydantic import AliasChoices
 
 from portraitkit.settings import Settings
+from tests.debian import debian_program
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -68,34 +69,9 @@ FOREIGN_ENV = (
 # -- systemd --------------------------------------------------------------------------
 
 
-def _systemd_analyze() -> str:
-    """systemd-analyze, installed from Debian's `systemd` package if missing."""
-    found = shutil.which("systemd-analyze")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        pytest.skip("systemd-analyze is not installed, and installing it needs root and apt-get")
-    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "systemd"]):
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"{' '.join(command[1:])} failed: {done.stderr.strip()[-500:]}")
-    found = shutil.which("systemd-analyze", path="/usr/bin:/bin")
-    if not found:
-        pytest.skip("the systemd package installed no systemd-analyze")
-    return found
-
-
 @pytest.fixture(scope="session")
 def systemd_analyze() -> str:
-    return _systemd_analyze()
+    return debian_program("systemd-analyze", "systemd")
 
 
 def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:

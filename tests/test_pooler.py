@@ -42,6 +42,7 @@ from portraitkit.settings import Settings
 from portraitkit.storage import LocalStorage
 from portraitkit.transports.postgres import PostgresTransport, make_pool
 from portraitkit.worker import WorkerOptions
+from tests.debian import debian_program
 from tests.waiting import until
 
 pytestmark = pytest.mark.anyio
@@ -57,27 +58,7 @@ def anyio_backend() -> str:
 
 def pgbouncer_binary() -> str:
     """pgbouncer on PATH (or in /usr/sbin), installed from Debian's package if missing."""
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or server_account() is None:
-        pytest.skip("pgbouncer is not installed, and installing it needs root and apt-get")
-    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "pgbouncer"]):
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"{' '.join(command[1:])} failed: {done.stderr.strip()[-500:]}")
-    found = shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
-    if not found:
-        pytest.skip("the pgbouncer package installed no pgbouncer binary")
-    return found
+    return debian_program("pgbouncer", "pgbouncer", timeout=300)
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import uvicorn
 from portraitkit.auth import LocalUser, create_local_user
 from portraitkit.settings import Settings
 from portraitkit.web import create_app
+from tests.debian import apt_install
 
 __all__ = ["LiveServer", "browser", "chromium", "live_server", "local_user", "screenshots"]
 
@@ -43,23 +43,6 @@ def _find_chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def _apt_install_chromium() -> str:
-    """Why Chromium could not be installed, or "" once it is."""
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available"
-    if os.geteuid() != 0:
-        return "installing it needs root (apt-get install chromium)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{' '.join(command)} failed: {exc}"
-        if done.returncode != 0:
-            return f"{' '.join(command)} failed: {done.stderr.strip()[-300:]}"
-    return ""
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The path of a Chromium executable, installed from Debian's packages if need be."""
@@ -68,7 +51,7 @@ def chromium() -> str:
     )
     path = _find_chromium()
     if path is None:
-        problem = _apt_install_chromium()
+        problem = apt_install("chromium", timeout=900)
         path = _find_chromium()
         if path is None:
             pytest.skip(
