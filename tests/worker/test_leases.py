@@ -224,11 +224,15 @@ async def test_a_busy_worker_with_fast_heartbeats_completes_every_item_once(
 ) -> None:
     """Concurrency 64, a heartbeat every 50 ms over everything held, results recorded in
     batches as they come: the heartbeats and completions name overlapping items all the
-    time, and no call meets a deadlock (or any error)."""
+    time, and no call meets a deadlock (or any error).
+
+    Each item takes 0.1 s, so the run lasts at least 2400 / 64 x 0.1 = 3.75 s (75 heartbeat
+    periods) however fast the machine: an instant generator let a quick run end after
+    fewer heartbeats than the test counts on."""
     user = make_user(db_url)
     batches = create_batches(db_url, storage_root, user, STYLES, 200, prompt="busy")
     async with worker_factory(
-        noop, concurrency=64, heartbeat_seconds=0.05, poll_seconds=0.05, lease_seconds=30
+        lambda _n: Render(seconds=0.1), concurrency=64, heartbeat_seconds=0.05, poll_seconds=0.05, lease_seconds=30
     ) as worker:
         transport = HandlerTransport(worker.queue.transport)
         worker.queue.transport = transport
