@@ -316,6 +316,19 @@ def load_batches(
             """,
             params,
         )
+        # The queue's rows, as the generations triggers would have put them in.
+        conn.execute(
+            """
+            insert into private.generation_queue
+              (id, status, user_id, batch_id, position, fair_tag, queued_at, run_after,
+               lease_expires_at)
+            select g.id, g.status, g.user_id, g.batch_id, g.position, g.fair_tag, g.queued_at,
+                   g.run_after, g.lease_expires_at
+              from public.generations g
+              join seed_batches s on s.id = g.batch_id
+             where g.status in ('pending', 'processing')
+            """
+        )
         log.print(f"[dim]  generations inserted in {time.perf_counter() - started:.1f} s[/]")
 
 

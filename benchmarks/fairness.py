@@ -569,7 +569,7 @@ def cte_subtree(lines: list[str], name: str) -> list[str]:
 
 def index_driven(plan: list[str]) -> bool:
     """The fair-queue index read in order, and nothing sorted to find the first items."""
-    return any("generations_fair_queue_idx" in line for line in plan) and not any(
+    return any("generation_queue_fair_idx" in line for line in plan) and not any(
         line.strip().startswith(("-> Sort", "->  Sort", "Sort ")) or "Sort Key" in line
         for line in plan
     )

@@ -35,6 +35,7 @@ from portraitkit.service import open_worker
 from portraitkit.settings import Settings
 from portraitkit.storage import LocalStorage, source_object_path, validate_source_image
 from portraitkit.worker import WorkerOptions
+from tests.invariants import counter_mismatches, queue_mismatches
 from tests.waiting import until
 
 RELEASE_1 = Path(__file__).parent / "data" / "release_1"
@@ -361,6 +362,7 @@ def test_user_api_cancels_and_retries_batches_from_release_1(
         call("retry_failed", "completed")
     assert nothing.value.code == "nothing_to_retry"
     assert counter_mismatches(admin) == []
+    assert queue_mismatches(admin) == []
     assert unexplained_balances(admin) == []
 
 
@@ -393,28 +395,6 @@ def test_idempotency_key_from_release_1_still_returns_its_batch(
             admin, "create_generation_batch", {**request, "custom_prompt": "dusk"}, claims=claims
         )
     assert conflict.value.code == "idempotency_conflict"
-
-
-def counter_mismatches(admin: Admin) -> list[dict[str, Any]]:
-    """Batches whose counters differ from the counts of their items (should be none)."""
-    return admin.execute(
-        """
-        select b.id, b.total_count, b.pending_count, b.processing_count,
-               b.completed_count, b.failed_count, b.cancelled_count, c.*
-          from public.generation_batches b
-          join lateral (
-            select count(*) as items,
-                   count(*) filter (where g.status = 'pending') as pending,
-                   count(*) filter (where g.status = 'processing') as processing,
-                   count(*) filter (where g.status = 'completed') as completed,
-                   count(*) filter (where g.status = 'failed') as failed,
-                   count(*) filter (where g.status = 'cancelled') as cancelled
-              from public.generations g where g.batch_id = b.id) c on true
-         where (b.total_count, b.pending_count, b.processing_count, b.completed_count,
-                b.failed_count, b.cancelled_count)
-               <> (c.items, c.pending, c.processing, c.completed, c.failed, c.cancelled)
-        """
-    ).fetchall()
 
 
 def unexplained_balances(admin: Admin) -> list[dict[str, Any]]:
@@ -505,6 +485,7 @@ async def test_worker_ends_every_item_in_flight_at_the_upgrade(
     assert snapshot(admin)["generations"] == list(after.values())
 
     assert counter_mismatches(admin) == []
+    assert queue_mismatches(admin) == []
     assert unexplained_balances(admin) == []
     refunds = admin.execute(
         "select g.id, count(l.id) as refunds from public.generations g"

@@ -31,6 +31,7 @@ import pytest
 from psycopg import sql
 
 from portraitkit.errors import PortraitkitError
+from tests.invariants import counter_mismatches, queue_mismatches
 
 from .conftest import Actor, ledger_balances
 
@@ -281,26 +282,6 @@ def race(race_url: str, make_user: Any) -> Iterator[Race]:
         actor.close()
 
 
-def counters_off(admin: psycopg.Connection[Any]) -> list[Any]:
-    """Batches whose counters differ from their items' statuses."""
-    return admin.execute(
-        """
-        select b.id, b.status, b.total_count, b.pending_count, b.processing_count,
-               b.completed_count, b.failed_count, b.cancelled_count,
-               array_agg(g.status order by g.id) as items
-          from public.generation_batches b
-          left join public.generations g on g.batch_id = b.id
-         group by b.id
-        having b.total_count <> count(g.id)
-            or b.pending_count <> count(g.id) filter (where g.status = 'pending')
-            or b.processing_count <> count(g.id) filter (where g.status = 'processing')
-            or b.completed_count <> count(g.id) filter (where g.status = 'completed')
-            or b.failed_count <> count(g.id) filter (where g.status = 'failed')
-            or b.cancelled_count <> count(g.id) filter (where g.status = 'cancelled')
-        """
-    ).fetchall()
-
-
 def wait_until_blocked(admin: psycopg.Connection[Any], actor: Actor) -> None:
     """Until the actor's backend waits for a lock (its call is parked on a row)."""
     pid = actor.conn.info.backend_pid
@@ -387,7 +368,8 @@ def test_an_item_changing_state_while_a_user_call_waits_does_not_deadlock_a_dele
         if isinstance(o, PortraitkitError)
     }
     assert errors == {}
-    assert counters_off(admin) == []
+    assert counter_mismatches(admin) == []
+    assert queue_mismatches(admin) == []
     assert ledger_balances(admin) == []
 
 
@@ -421,5 +403,6 @@ def test_users_and_workers_racing_on_one_batch_never_deadlock(
         f" first ones: {race.unexpected[:3]}"
     )
     assert race.unexpected == [], Counter(race.unexpected).most_common(10)
-    assert counters_off(admin) == []
+    assert counter_mismatches(admin) == []
+    assert queue_mismatches(admin) == []
     assert ledger_balances(admin) == []

@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from portraitkit.errors import PortraitkitError
+from tests.invariants import counter_mismatches, queue_mismatches
 
 from .conftest import Actor, ledger_balances
 
@@ -518,24 +519,6 @@ def without_batch(snap: dict[str, Any], batch_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-def counters_off(admin: psycopg.Connection[dict[str, Any]], users: list[uuid.UUID]) -> list[Any]:
-    return admin.execute(
-        """
-        select b.id from public.generation_batches b
-          left join public.generations g on g.batch_id = b.id
-         where b.user_id = any(%s)
-         group by b.id
-        having b.total_count <> count(g.id)
-            or b.pending_count <> count(g.id) filter (where g.status = 'pending')
-            or b.processing_count <> count(g.id) filter (where g.status = 'processing')
-            or b.completed_count <> count(g.id) filter (where g.status = 'completed')
-            or b.failed_count <> count(g.id) filter (where g.status = 'failed')
-            or b.cancelled_count <> count(g.id) filter (where g.status = 'cancelled')
-        """,
-        (users,),
-    ).fetchall()
-
-
 def call(caller: Actor, function: str, args: dict[str, Any]) -> tuple[str, Any]:
     """(OK, result) or (code, error); an error outside the contract fails the test."""
     try:
@@ -631,6 +614,7 @@ def test_any_arguments_get_a_documented_answer_and_refusals_change_nothing(
         else:
             assert after == before, "a refused call changed something"
         assert ledger_balances(world.admin) == []
-        assert counters_off(world.admin, users) == []
+        assert counter_mismatches(world.admin, users) == []
+        assert queue_mismatches(world.admin) == []
 
     one_call()

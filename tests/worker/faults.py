@@ -38,6 +38,7 @@ from portraitkit.errors import PortraitkitError, RetryableGenerationError
 from portraitkit.generators.base import GeneratedImage, GenerationRequest
 from portraitkit.generators.noop import NoopGenerator
 from portraitkit.transports.base import Transport
+from tests.invariants import counter_mismatches, queue_mismatches
 from tests.sqlapi.conftest import ledger_balances
 
 WORKER_CALLS = (
@@ -590,23 +591,6 @@ def unfinished(conn: psycopg.Connection[Any]) -> list[Any]:
     ).fetchall()
 
 
-def counter_mismatches(conn: psycopg.Connection[Any]) -> list[Any]:
-    """Batches whose counters do not match their items (the O(1) trigger kept them)."""
-    return conn.execute(
-        """
-        select b.id from public.generation_batches b
-          left join public.generations g on g.batch_id = b.id
-         group by b.id
-        having b.pending_count <> count(*) filter (where g.status = 'pending')
-            or b.processing_count <> count(*) filter (where g.status = 'processing')
-            or b.completed_count <> count(*) filter (where g.status = 'completed')
-            or b.failed_count <> count(*) filter (where g.status = 'failed')
-            or b.cancelled_count <> count(*) filter (where g.status = 'cancelled')
-            or b.total_count <> count(g.id)
-        """
-    ).fetchall()
-
-
 def result_files(storage_root: Path, user_id: Any, batch_id: Any) -> set[str]:
     folder = storage_root / "portraits" / str(user_id) / str(batch_id)
     return (
@@ -668,6 +652,7 @@ def completed_once_problems(
             problems.append(f"batch {batch_id} stores {sorted(stored)}")
     for what, found in [
         ("batch counters off", counter_mismatches(conn)),
+        ("queue rows off", queue_mismatches(conn)),
         ("balances the ledger does not explain", ledger_balances(conn)),
         ("items left pending or processing", unfinished(conn)),
     ]:

@@ -37,6 +37,7 @@ from portraitkit.generators import GeneratedImage, GenerationRequest, get_genera
 from portraitkit.generators.sample import sample_portrait_png
 from portraitkit.queue import WorkQueue
 from portraitkit.worker import Worker, WorkerStats
+from tests.invariants import counter_mismatches, queue_mismatches
 from tests.sqlapi.conftest import ledger_balances
 
 from .faults import (
@@ -53,7 +54,6 @@ from .faults import (
     assert_completed_once,
     audited_batches,
     completions,
-    counter_mismatches,
     create_batches,
     database_calls,
     every_other_call,
@@ -444,6 +444,7 @@ async def test_a_refusal_in_a_side_task_stops_the_worker_loudly(
     assert [r for r in unfinished(db) if r["status"] == "processing"] == []
     assert ledger_balances(db) == []
     assert counter_mismatches(db) == []
+    assert queue_mismatches(db) == []
 
 
 # --- 5. a soak of random faults and racing users ------------------------------------------
@@ -569,6 +570,7 @@ def _assert_nothing_stranded(
     completion once, and storage holds exactly the completed items' images."""
     assert unfinished(db) == []
     assert counter_mismatches(db) == []
+    assert queue_mismatches(db) == []
     assert ledger_balances(db) == []
     batches = audited_batches(db, users)  # deleted ones too
     ever_completed = completions(db, batches)

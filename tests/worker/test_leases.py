@@ -232,7 +232,11 @@ async def test_a_busy_worker_with_fast_heartbeats_completes_every_item_once(
     user = make_user(db_url)
     batches = create_batches(db_url, storage_root, user, STYLES, 200, prompt="busy")
     async with worker_factory(
-        lambda _n: Render(seconds=0.1), concurrency=64, heartbeat_seconds=0.05, poll_seconds=0.05, lease_seconds=30
+        lambda _n: Render(seconds=0.1),
+        concurrency=64,
+        heartbeat_seconds=0.05,
+        poll_seconds=0.05,
+        lease_seconds=30,
     ) as worker:
         transport = HandlerTransport(worker.queue.transport)
         worker.queue.transport = transport
