@@ -261,3 +261,49 @@ def test_a_claim_reads_the_fair_index_in_order(admin: Any) -> None:
     chosen = plan.split("CTE chosen")[1].split("CTE claimed")[0]
     assert "Index Scan using generation_queue_fair_idx" in chosen, plan
     assert "Sort" not in chosen, plan
+
+
+def test_odd_lists_from_a_worker_change_only_what_they_name(
+    admin: Any, make_user: Any, service: Any
+) -> None:
+    """Heartbeats and completions look each item's attempt and path up by id: a null id,
+    a repeated id, an unknown id, a null attempt (no check) and a wrong attempt each do
+    what the pairs say and nothing else, without an error."""
+    user = make_user(credits=100)
+    _batch(user, ["noir", "pop_art", "poster"])
+    a, b, c = service.rpc("claim_generations", worker_id="w", max_items=3, lease_seconds=60)
+    unknown = uuid.uuid4()
+    renewed = service.rpc(
+        "heartbeat_generations",
+        worker_id="w",
+        generation_ids=[None, a["id"], a["id"], b["id"], c["id"], unknown],
+        attempts=[1, 1, 1, None, 2, 1],
+        lease_seconds=600,
+    )
+    assert sorted(map(str, renewed)) == sorted([str(a["id"]), str(b["id"])])
+
+    def path(item: dict[str, Any]) -> str:
+        return f"{item['user_id']}/{item['batch_id']}/{item['id']}-1.png"
+
+    accepted = service.rpc(
+        "complete_generations",
+        worker_id="w",
+        generation_ids=[a["id"], b["id"], c["id"], unknown],
+        image_paths=[path(a), path(b), path(c), f"{user.user_id}/x.png"],
+        attempts=[1, None, 2, 1],
+    )
+    assert sorted(map(str, accepted)) == sorted([str(a["id"]), str(b["id"])])
+    rows = {
+        str(r["id"]): (r["status"], r["generated_image_url"])
+        for r in admin.execute(
+            "select id, status::text, generated_image_url from public.generations"
+            " where id = any(%s)",
+            ([a["id"], b["id"], c["id"]],),
+        )
+    }
+    assert rows == {
+        str(a["id"]): ("completed", path(a)),
+        str(b["id"]): ("completed", path(b)),
+        str(c["id"]): ("processing", None),
+    }
+    assert queue_mismatches(admin) == [] and counter_mismatches(admin) == []
