@@ -407,11 +407,12 @@ def _latency_stats(values: Sequence[float]) -> dict[str, Any]:
 # The `chosen` CTE of claim_generations (supabase/migrations/20261202000200_fair_queue.sql),
 # run on its own: what a claim reads to find its items.
 INNER_SELECT = """
-select g.id from public.generations g
- where g.status = 'pending' and g.run_after <= now()
- order by g.fair_tag, g.queued_at, g.batch_id, g.position
+select q.id from private.generation_queue q
+  join public.generations g on g.id = q.id
+ where q.status = 'pending' and q.run_after <= now() and g.status = 'pending'
+ order by q.fair_tag, q.queued_at, q.batch_id, q.position
  limit %s
-   for update skip locked
+   for update of g skip locked
 """
 
 
@@ -463,6 +464,10 @@ CALLS = {
 }
 
 
+# The tables a rolled-back claim or batch leaves row versions in.
+TIDIED = ("public.generations", "public.generation_batches", "private.generation_queue")
+
+
 class ClaimQueue:
     """A database whose queue holds `users` x ITEMS_PER_USER pending items, and a session
     on it that claims and creates batches in transactions it rolls back."""
@@ -474,7 +479,7 @@ class ClaimQueue:
             load_batches(conn, {u: 1 for u in ids}, ITEMS_PER_USER, mix={"pending": 100})
             conn.commit()
         self.admin = open_connection(url, autocommit=True)
-        for table in ("public.generations", "public.generation_batches"):
+        for table in TIDIED:
             # Vacuumed by tidy() on both queues alike, not by autovacuum when it likes.
             self.admin.execute(f"alter table {table} set (autovacuum_enabled = false)")
         self.tidy(analyze=True)
@@ -494,7 +499,7 @@ class ClaimQueue:
 
     def tidy(self, *, analyze: bool = False) -> None:
         """Vacuum away the row versions the rolled-back calls left."""
-        for table in ("public.generations", "public.generation_batches"):
+        for table in TIDIED:
             self.admin.execute(f"vacuum {'analyze' if analyze else ''} {table}")
 
     def sample(self, what: str, keep: bool) -> None:
