@@ -151,6 +151,28 @@ def noop(_name: str) -> Any:
     return get_generator("noop")
 
 
+def until_every_fault_struck(
+    armed: Armed,
+    db: psycopg.Connection[Any],
+    batches: list[UUID],
+    more: Callable[[], list[UUID]],
+) -> Callable[[], bool]:
+    """True once the batches are done and every planned fault has struck. A call that
+    runs only while there is work (a heartbeat, a completion) may be made too few times
+    for the plan when the machine is fast or slow (retries fold work into fewer calls):
+    then ``more`` work comes, until every fault has struck."""
+
+    def done() -> bool:
+        if not settled(db, batches):
+            return False
+        if armed.struck():
+            return True
+        batches.extend(more())
+        return False
+
+    return done
+
+
 def items_of(db: psycopg.Connection[Any], batch_ids: list[UUID]) -> list[dict[str, Any]]:
     return db.execute(
         "select id, status::text as status, attempts, lease_owner from public.generations"
@@ -201,7 +223,16 @@ async def test_heartbeats_survive_transient_errors(
         recover_every_seconds=0.1,
     ) as worker:
         armed = Armed(injection, "heartbeat_generations", worker, db)
-        await run_until([worker], lambda: armed.struck() and settled(db, batches), timeout=60)
+        await run_until(
+            [worker],
+            until_every_fault_struck(
+                armed,
+                db,
+                batches,
+                lambda: create_batches(db_url, storage_root, user, STYLES[:4], 1),
+            ),
+            timeout=60,
+        )
     assert render.cancelled == 0
     assert_completed_once(db, storage_root, batches)
 
@@ -218,19 +249,17 @@ async def test_completions_survive_transient_errors(
         lambda _n: Render(seconds=0.02), concurrency=1, poll_seconds=0.05
     ) as worker:
         armed = Armed(injection, "complete_generations", worker, db)
-
-        def every_fault_struck() -> bool:
-            """While a flush is retried the next items pile up for one later flush, so a
-            slow machine may finish the work in fewer calls than the faults need: then
-            more work comes, until every planned fault has struck."""
-            if not settled(db, batches):
-                return False
-            if armed.struck():
-                return True
-            batches.extend(create_batches(db_url, storage_root, user, STYLES, 1, prompt="more"))
-            return False
-
-        [stats] = await run_until([worker], every_fault_struck, timeout=60)
+        # While a flush is retried the next items pile up for one later flush.
+        [stats] = await run_until(
+            [worker],
+            until_every_fault_struck(
+                armed,
+                db,
+                batches,
+                lambda: create_batches(db_url, storage_root, user, STYLES, 1, prompt="more"),
+            ),
+            timeout=60,
+        )
     assert (stats.completed, stats.discarded, stats.retried) == (len(batches) * len(STYLES), 0, 0)
     assert_completed_once(db, storage_root, batches)
 
