@@ -100,6 +100,14 @@ as $$
   end
 $$;
 
+-- A well-formed path in ``owner``'s folder: what the contract accepts and returns.
+create function private.in_folder(path text, owner uuid) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select private.path_problem(path) is null and starts_with(path, owner::text || '/')
+$$;
+
 -- The caller's own stored object, or an error: invalid_input when the path is malformed,
 -- source_not_found when it is not under the caller's folder or (where Supabase Storage
 -- exists) no object of the caller's has that name in the portraits bucket. Another user's
@@ -559,13 +567,11 @@ begin
   )
   select coalesce(sum(done.credit_cost), 0) into refunded from done;
   select array_agg(g.generated_image_url order by g.position)
-           filter (where private.path_problem(g.generated_image_url) is null
-                     and starts_with(g.generated_image_url, uid::text || '/'))
+           filter (where private.in_folder(g.generated_image_url, uid))
     into paths from public.generations g where g.batch_id = b.id;
   delete from public.generation_batches g where g.id = b.id;
   return jsonb_build_object('batch_id', b.id, 'deleted', true, 'refunded', refunded,
-    'original_image_url', case when private.path_problem(b.original_image_url) is null
-                                and starts_with(b.original_image_url, uid::text || '/')
+    'original_image_url', case when private.in_folder(b.original_image_url, uid)
                                then b.original_image_url end,
     'image_paths', coalesce(to_jsonb(paths), '[]'::jsonb));
 end
@@ -632,7 +638,7 @@ set search_path = ''
 as $$
 declare
   batch_ids uuid[];
-  refunded_users uuid[];
+  refunds private.generation_change[];
 begin
   if exists (
     select from unnest(changes) c
@@ -691,32 +697,26 @@ begin
     from per_batch p
    where b.id = p.batch_id;
 
-  insert into public.credit_ledger (user_id, kind, delta, batch_id, generation_id, note)
-  select c.user_id, 'refund', c.credit_cost, c.batch_id, c.id, 'generation ' || c.to_status
-    from unnest(changes) c
-   where c.to_status in ('failed', 'cancelled')
-     and (c.from_status is null or c.from_status not in ('failed', 'cancelled'))
-     and c.credit_cost > 0;
-  if found then
-    select array_agg(distinct c.user_id order by c.user_id) into refunded_users
-      from unnest(changes) c
+  -- One refund per item that newly ended failed or cancelled: its own cost, exactly once.
+  refunds := array(
+    select c from unnest(changes) c
      where c.to_status in ('failed', 'cancelled')
        and (c.from_status is null or c.from_status not in ('failed', 'cancelled'))
-       and c.credit_cost > 0;
-    if cardinality(refunded_users) > 1 then
-      perform from public.profiles p
-       where p.id = any (refunded_users) order by p.id for no key update;
-    end if;
-    update public.profiles p
-       set total_credits = p.total_credits + r.amount, updated_at = now()
-      from (select c.user_id, sum(c.credit_cost)::integer as amount
-              from unnest(changes) c
-             where c.to_status in ('failed', 'cancelled')
-               and (c.from_status is null or c.from_status not in ('failed', 'cancelled'))
-               and c.credit_cost > 0
-             group by c.user_id) r
-     where p.id = r.user_id;
+       and c.credit_cost > 0);
+  if cardinality(refunds) = 0 then
+    return;
   end if;
+  insert into public.credit_ledger (user_id, kind, delta, batch_id, generation_id, note)
+  select c.user_id, 'refund', c.credit_cost, c.batch_id, c.id, 'generation ' || c.to_status
+    from unnest(refunds) c;
+  perform from public.profiles p
+   where p.id = any (array(select c.user_id from unnest(refunds) c))
+   order by p.id for no key update;
+  update public.profiles p
+     set total_credits = p.total_credits + r.amount, updated_at = now()
+    from (select c.user_id, sum(c.credit_cost)::integer as amount
+            from unnest(refunds) c group by c.user_id) r
+   where p.id = r.user_id;
 end
 $$;
 

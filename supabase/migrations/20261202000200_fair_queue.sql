@@ -186,8 +186,7 @@ begin
   select array_agg(g.id order by g.id) into bad
     from unnest(generation_ids, image_paths) as r(id, path)
     join public.generations g on g.id = r.id
-   where private.path_problem(r.path) is not null
-      or not starts_with(r.path, g.user_id::text || '/');
+   where not private.in_folder(r.path, g.user_id);
   if bad is not null then
     perform private.raise_error('invalid_input', 400,
       'Each image path must be a well-formed path in its owner''s folder.',
