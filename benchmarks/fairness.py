@@ -404,7 +404,7 @@ def _latency_stats(values: Sequence[float]) -> dict[str, Any]:
 # -- claims at 100,000 pending items ----------------------------------------------------
 
 
-# The `chosen` CTE of claim_generations (supabase/migrations/20261202000200_fair_queue.sql),
+# The `chosen` CTE of claim_generations (supabase/migrations/20261202000600_lean_queue.sql),
 # run on its own: what a claim reads to find its items.
 INNER_SELECT = """
 select q.id from private.generation_queue q

@@ -5,9 +5,9 @@ Each method is one call of ``claim_generations``, ``heartbeat_generations``,
 ``recover_expired_leases`` or ``worker_checkin``, with typed arguments and results,
 retried with backoff on transient errors (a dropped connection, a deadlock, a
 serialization failure, a timeout). Retrying is safe for each of them: a call that did not
-commit changed nothing, and a call whose answer was lost after its commit answers the same the second time (a completion is
-accepted again for the same path) or, for a claim, only costs the claimed items a lease
-expiry.
+commit changed nothing, and a call whose answer was lost after its commit answers the
+same the second time (a completion is accepted again for the same path) or, for a claim,
+only costs the claimed items a lease expiry.
 """
 
 from __future__ import annotations

@@ -18,10 +18,12 @@
 -- ever by the holder of the item's lock), then batches, then profiles. Claims and lease
 -- recovery read the queue without locking it and lock the items with SKIP LOCKED.
 --
--- Also: complete_generations looks for a resent flush only among the ids it did not just
--- accept, by primary key, after the update (the probe before the update was planned as if
--- nothing was completed and cost most of a completion); the batch status is derived
--- inline in the counters update; a statement's batch notifications are sent in one query.
+-- Also: the heartbeat and the completion find their items by primary key; the completion
+-- checks its paths in one call (private.outside_folders, which private.in_folder now
+-- uses too) and looks for a resent flush only among the ids it did not just accept, after
+-- the update (the probe before the update was planned as if nothing was completed and
+-- cost most of a completion); the batch status is derived inline in the counters update;
+-- a statement's batch notifications are sent in one query.
 
 create table private.generation_queue (
   id uuid primary key,  -- the item's id (rows go with their item, by trigger)
@@ -95,21 +97,18 @@ begin
   insert into private.generation_queue
     (id, status, user_id, batch_id, position, fair_tag, queued_at, run_after, lease_expires_at)
   values (new.id, new.status, new.user_id, new.batch_id, new.position, new.fair_tag,
-          new.queued_at, new.run_after, new.lease_expires_at)
-  on conflict (id) do update
-    set status = excluded.status, user_id = excluded.user_id, batch_id = excluded.batch_id,
-        position = excluded.position, fair_tag = excluded.fair_tag,
-        queued_at = excluded.queued_at, run_after = excluded.run_after,
-        lease_expires_at = excluded.lease_expires_at;
+          new.queued_at, new.run_after, new.lease_expires_at);
   return new;
 end
 $$;
 
 -- The queue follows each statement's changes of generations, in the statement triggers
--- that keep the batch counters: rows that left pending and processing go, rows that
--- entered come, rows that stayed get their queue fields copied; only rows whose queue
--- fields changed are touched (a claim updates its rows, a completion deletes them). The
--- queue comes before the counters: items, then their queue rows, then batches.
+-- that keep the batch counters: queued rows that left pending and processing go, queued
+-- rows that stayed get their queue fields copied, and only rows whose queue fields changed
+-- are touched (a claim updates its rows, a completion deletes them). The one way into the
+-- queue by UPDATE, failed -> pending (a retry; the transition check refuses any other),
+-- is the tag trigger's, which puts the row in with its tag. The queue comes before the
+-- counters: items, then their queue rows, then batches.
 create or replace function private.on_generations_updated() returns trigger
 language plpgsql
 set search_path = ''
@@ -119,9 +118,9 @@ declare
 begin
   with moved as materialized (
     select n.id, n.status, n.user_id, n.batch_id, n.position, n.fair_tag, n.queued_at,
-           n.run_after, n.lease_expires_at, o.status in ('pending', 'processing') as was_queued
+           n.run_after, n.lease_expires_at
       from new_rows n join old_rows o on o.id = n.id
-     where (o.status in ('pending', 'processing') or n.status in ('pending', 'processing'))
+     where o.status in ('pending', 'processing')
        and (o.status, o.user_id, o.batch_id, o.position, o.fair_tag, o.queued_at,
             o.run_after, o.lease_expires_at)
            is distinct from
@@ -131,26 +130,13 @@ begin
     delete from private.generation_queue q
      using moved m
      where q.id = m.id and m.status not in ('pending', 'processing')
-  ), kept as (
-    update private.generation_queue q
-       set status = m.status, user_id = m.user_id, batch_id = m.batch_id,
-           position = m.position, fair_tag = m.fair_tag, queued_at = m.queued_at,
-           run_after = m.run_after, lease_expires_at = m.lease_expires_at
-      from moved m
-     where q.id = m.id and m.was_queued and m.status in ('pending', 'processing')
   )
-  -- A retried item's row was put in by its tag trigger already (on conflict: refreshed).
-  insert into private.generation_queue
-    (id, status, user_id, batch_id, position, fair_tag, queued_at, run_after, lease_expires_at)
-  select m.id, m.status, m.user_id, m.batch_id, m.position, m.fair_tag, m.queued_at,
-         m.run_after, m.lease_expires_at
+  update private.generation_queue q
+     set status = m.status, user_id = m.user_id, batch_id = m.batch_id,
+         position = m.position, fair_tag = m.fair_tag, queued_at = m.queued_at,
+         run_after = m.run_after, lease_expires_at = m.lease_expires_at
     from moved m
-   where not m.was_queued and m.status in ('pending', 'processing')
-  on conflict (id) do update
-    set status = excluded.status, user_id = excluded.user_id, batch_id = excluded.batch_id,
-        position = excluded.position, fair_tag = excluded.fair_tag,
-        queued_at = excluded.queued_at, run_after = excluded.run_after,
-        lease_expires_at = excluded.lease_expires_at;
+   where q.id = m.id and m.status in ('pending', 'processing');
 
   changes := array(
     select row(n.id, n.user_id, n.batch_id, o.status, n.status, n.credit_cost,
@@ -176,8 +162,7 @@ begin
   select n.id, n.status, n.user_id, n.batch_id, n.position, n.fair_tag, n.queued_at,
          n.run_after, n.lease_expires_at
     from new_rows n
-   where n.status = 'processing'
-  on conflict (id) do nothing;
+   where n.status = 'processing';
   perform private.apply_generation_changes(array(
     select row(n.id, n.user_id, n.batch_id, null, n.status, n.credit_cost,
                n.generated_image_url, n.style_key)::private.generation_change
@@ -365,6 +350,37 @@ begin
 end
 $$;
 
+-- Which of `paths` (their places, from 1) are not well-formed paths in the folder of the
+-- owner at the same place in `owners`: "a well-formed path in its owner's folder" for a
+-- whole list in one call. A call per path cost more than the rest of a completion (a SQL
+-- function with its own search_path is never inlined), and so did private.path_problem's
+-- dozen checks: the usual shape (the owner's folder, then segments that start with a
+-- letter, digit, - or _ and hold only those and dots) passes one pattern, which accepts
+-- nothing path_problem refuses, and only another shape pays for path_problem.
+create function private.outside_folders(paths text[], owners uuid[]) returns integer[]
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(array_agg(r.n::integer order by r.n), '{}')
+    from unnest(paths, owners) with ordinality as r(path, owner, n)
+   where not coalesce(
+           starts_with(r.path, r.owner::text || '/')
+           and ((char_length(r.path) <= 1024
+                 and r.path ~ '^[^/]+(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$')
+                or private.path_problem(r.path) is null),
+           false)
+$$;
+
+-- One path (delete_batch's check of what it returns), by the same rule.
+create or replace function private.in_folder(path text, owner uuid) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select private.outside_folders(array[path], array[owner]) = '{}'
+$$;
+
+revoke all on function private.outside_folders(text[], uuid[]) from public, anon, authenticated;
+
 -- Record results. Also accepted: an item already completed with exactly this path, so a
 -- flush resent after its answer was lost (the commit happened) is not mistaken for a
 -- discarded result, whose image the worker would then delete. Result paths carry the
@@ -397,17 +413,14 @@ begin
       'generation_ids, image_paths (and attempts) must pair up, with no null path.',
       jsonb_build_object('field', 'image_paths'));
   end if;
-  -- The worker's own paths (owner/batch/item-attempt.png) pass the first test, which
-  -- accepts nothing private.in_folder refuses (after the owner's folder, each segment
-  -- starts with a letter, digit, - or _ and holds only those and dots); only another
-  -- shape pays for in_folder's dozen checks, which cost more than the rest of the call.
-  select array_agg(g.id order by g.id) into bad
-    from unnest(generation_ids, image_paths) as r(id, path)
-    join public.generations g on g.id = r.id
-   where g.id = any (generation_ids)
-     and not (starts_with(r.path, g.user_id::text || '/') and char_length(r.path) <= 1024
-              and r.path ~ '^[^/]+(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$')
-     and not private.in_folder(r.path, g.user_id);
+  with listed as (
+    select array_agg(r.id) as ids, array_agg(r.path) as paths, array_agg(g.user_id) as owners
+      from unnest(generation_ids, image_paths) as r(id, path)
+      join public.generations g on g.id = r.id
+     where g.id = any (generation_ids)
+  )
+  select array_agg(l.ids[o.n] order by l.ids[o.n]) into bad
+    from listed l, unnest(private.outside_folders(l.paths, l.owners)) as o(n);
   if bad is not null then
     perform private.raise_error('invalid_input', 400,
       'Each image path must be a well-formed path in its owner''s folder.',

@@ -107,6 +107,24 @@ def anon(db_url: str) -> Iterator[Actor]:
     actor.close()
 
 
+@pytest.fixture
+def empty_queue(admin: psycopg.Connection[Any]) -> None:
+    """The test owns the queue: nothing pending or running from earlier tests."""
+    admin.execute(
+        "update public.generations set status = 'cancelled' where status in ('pending', 'processing')"
+    )
+
+
+def create_batch(user: Actor, styles: list[str], prompt: str | None = None) -> Any:
+    """The user's batch of these styles from a photo in their folder; its id."""
+    return user.rpc(
+        "create_generation_batch",
+        style_keys=styles,
+        source_image_path=f"{user.user_id}/s.png",
+        custom_prompt=prompt,
+    )
+
+
 def ledger_balances(admin: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Users whose balance is not explained by their ledger (should always be empty)."""
     return admin.execute(

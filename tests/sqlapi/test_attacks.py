@@ -11,6 +11,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from portraitkit import errors
 from tests.sqlapi.conftest import ledger_balances
@@ -276,3 +278,88 @@ def test_a_result_path_outside_the_owners_folder_is_refused(
         "select status from public.generations where id = %s", (item["id"],)
     ).fetchone()
     assert status == {"status": "processing"}
+
+
+OWNER = uuid.UUID("0b6c4c1e-0000-4000-8000-000000000001")
+STRANGER = uuid.UUID("0b6c4c1e-0000-4000-8000-000000000002")
+# Pieces a hostile or careless path is made of: the usual, dots, blanks, control and
+# non-ASCII characters, backslashes, slashes doubled and at the ends.
+PIECES = st.sampled_from(
+    [
+        "a",
+        "Z",
+        "0",
+        "-",
+        "_",
+        ".",
+        "..",
+        "/",
+        "//",
+        " ",
+        "\t",
+        "\\",
+        "\x01",
+        "\x7f",
+        "é",
+        "\u00a0",
+        "x.png",
+        str(OWNER),
+        str(STRANGER),
+    ]
+)
+PATHS = st.one_of(
+    st.none(),
+    st.builds(
+        lambda folder, rest: folder + "".join(rest),
+        st.sampled_from(["", f"{OWNER}/", f"{STRANGER}/", f"{OWNER.hex}/", str(OWNER)]),
+        st.lists(PIECES, max_size=4),
+    ),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@example(
+    paths=[
+        f"{OWNER}/{rest}"
+        for rest in (
+            "b/i-1.png",
+            "..",
+            ".hidden",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "",
+            "a/",
+            " a",
+            "a ",
+            "a b",
+            "a\\b",
+            "é.png",
+            "a\tb",
+            "a\x01",
+            "x" * 1100,
+        )
+    ]
+    + [f"{STRANGER}/b/i-1.png", f"{OWNER.hex}/b.png", str(OWNER), None]
+)
+@given(paths=st.lists(PATHS, max_size=6))
+def test_the_folder_check_of_a_list_is_the_rule_path_by_path(admin: Any, paths: list[Any]) -> None:
+    """private.outside_folders (a completion's check, with its quick pattern for the usual
+    shape) refuses exactly the paths that private.path_problem or the owner's folder
+    refuses, one by one; private.in_folder agrees."""
+    row = admin.execute(
+        """
+        select private.outside_folders(%(paths)s::text[], %(owners)s::uuid[]) as listed,
+               array(select n::integer from unnest(%(paths)s::text[]) with ordinality as r(p, n)
+                      where not coalesce(private.path_problem(r.p) is null
+                                         and starts_with(r.p, %(owner)s || '/'), false)
+                      order by n) as one_by_one,
+               array(select n::integer from unnest(%(paths)s::text[]) with ordinality as r(p, n)
+                      where not private.in_folder(r.p, %(owner)s::uuid)
+                      order by n) as by_in_folder
+        """,
+        {"paths": paths, "owners": [OWNER] * len(paths), "owner": str(OWNER)},
+    ).fetchone()
+    assert row["listed"] == row["one_by_one"] == row["by_in_folder"], paths

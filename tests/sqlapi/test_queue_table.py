@@ -20,26 +20,12 @@ import pytest
 
 from tests.invariants import counter_mismatches, queue_mismatches
 
-from .conftest import ledger_balances
+from .conftest import create_batch, ledger_balances
 
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 
 
-@pytest.fixture(autouse=True)
-def empty_queue(admin: Any) -> None:
-    """Each test owns the queue: nothing pending or running from earlier tests."""
-    admin.execute(
-        "update public.generations set status = 'cancelled' where status in ('pending', 'processing')"
-    )
-
-
-def _batch(user: Any, styles: list[str], prompt: str | None = None) -> Any:
-    return user.rpc(
-        "create_generation_batch",
-        style_keys=styles,
-        source_image_path=f"{user.user_id}/s.png",
-        custom_prompt=prompt,
-    )
+pytestmark = pytest.mark.usefixtures("empty_queue")
 
 
 def test_every_mix_of_counts_gets_the_status_the_rule_gives(admin: Any, make_user: Any) -> None:
@@ -108,8 +94,8 @@ def test_the_queue_follows_every_writer(admin: Any, make_user: Any, service: Any
         checks.append(name)
         return result
 
-    first = step("create", lambda: _batch(user, ["noir", "pop_art", "poster", "cartoon"]))
-    second = step("create again", lambda: _batch(user, ["noir", "poster"], prompt="b"))
+    first = step("create", lambda: create_batch(user, ["noir", "pop_art", "poster", "cartoon"]))
+    second = step("create again", lambda: create_batch(user, ["noir", "poster"], prompt="b"))
     claimed = step(
         "claim",
         lambda: service.rpc("claim_generations", worker_id="w", max_items=3, lease_seconds=60),
@@ -184,31 +170,20 @@ def test_the_worker_status_changes_are_hot_updates(
     """A claim, a heartbeat and a completion of a new batch's items change no index of
     generations: each is a heap-only tuple update (counted within the transaction)."""
     user = make_user(credits=100)
-    _batch(user, ["noir", "pop_art", "poster", "cartoon"])
-    counts = service.conn.execute(
-        """
-        with claimed as (
-          select id, user_id, batch_id, attempts
-            from public.claim_generations('w', 4, 60)
-        ), beat as (
-          select public.heartbeat_generations('w', array(select id from claimed), 90)
-        )
-        select (select count(*) from beat) as beats,
-               array(select id from claimed) as ids,
-               array(select user_id || '/' || batch_id || '/' || id || '-1.png' from claimed)
-                 as paths
-        """
-    ).fetchone()
-    assert counts is not None
-    _beats, ids, paths = counts
-    service.conn.execute(
-        "select public.complete_generations('w', %s::uuid[], %s::text[])", (ids, paths)
-    )
-    updated, hot = service.conn.execute(
+    create_batch(user, ["noir", "pop_art", "poster", "cartoon"])
+    conn = service.conn  # one transaction, rolled back: the counts are this transaction's
+    claimed = conn.execute(
+        "select id, user_id || '/' || batch_id || '/' || id || '-1.png' as path"
+        " from public.claim_generations('w', 4, 60)"
+    ).fetchall()
+    ids, paths = [r[0] for r in claimed], [r[1] for r in claimed]
+    conn.execute("select public.heartbeat_generations('w', %s::uuid[], 90)", (ids,))
+    conn.execute("select public.complete_generations('w', %s::uuid[], %s::text[])", (ids, paths))
+    updated, hot = conn.execute(
         "select pg_stat_get_xact_tuples_updated('public.generations'::regclass),"
         " pg_stat_get_xact_tuples_hot_updated('public.generations'::regclass)"
     ).fetchone()
-    service.conn.rollback()
+    conn.rollback()
     assert updated == 12  # 4 claimed, 4 renewed, 4 completed
     assert hot == updated
 
@@ -270,7 +245,7 @@ def test_odd_lists_from_a_worker_change_only_what_they_name(
     a repeated id, an unknown id, a null attempt (no check) and a wrong attempt each do
     what the pairs say and nothing else, without an error."""
     user = make_user(credits=100)
-    _batch(user, ["noir", "pop_art", "poster"])
+    create_batch(user, ["noir", "pop_art", "poster"])
     a, b, c = service.rpc("claim_generations", worker_id="w", max_items=3, lease_seconds=60)
     unknown = uuid.uuid4()
     renewed = service.rpc(

@@ -8,27 +8,15 @@ import pytest
 
 from portraitkit import errors
 
-from .conftest import batch_row, ledger_balances
+from .conftest import batch_row, create_batch, ledger_balances
 
-
-@pytest.fixture(autouse=True)
-def empty_queue(admin: Any) -> None:
-    """Each test owns the queue: nothing pending or running from earlier tests."""
-    admin.execute(
-        "update public.generations set status = 'cancelled' where status in ('pending', 'processing')"
-    )
-
-
-def _batch(user: Any, styles: list[str]) -> Any:
-    return user.rpc(
-        "create_generation_batch", style_keys=styles, source_image_path=f"{user.user_id}/s.png"
-    )
+pytestmark = pytest.mark.usefixtures("empty_queue")
 
 
 def test_claim_leases_oldest_first_with_prompt_and_source(make_user: Any, service: Any) -> None:
     user = make_user(credits=20)
-    first = _batch(user, ["pencil_sketch", "pop_art"])
-    second = _batch(user, ["noir"])
+    first = create_batch(user, ["pencil_sketch", "pop_art"])
+    second = create_batch(user, ["noir"])
     claimed = service.rpc("claim_generations", worker_id="w1", max_items=2, lease_seconds=60)
     assert [c["batch_id"] for c in claimed] == [first, first]
     assert [c["style_key"] for c in claimed] == ["pencil_sketch", "pop_art"]
@@ -43,7 +31,7 @@ def test_claim_leases_oldest_first_with_prompt_and_source(make_user: Any, servic
 
 def test_only_the_lease_holder_can_finish(make_user: Any, service: Any) -> None:
     user = make_user()
-    _batch(user, ["poster"])
+    create_batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w1")[0]
     assert (
         service.rpc(
@@ -83,7 +71,7 @@ def test_only_the_lease_holder_can_finish(make_user: Any, service: Any) -> None:
 
 def test_heartbeat_extends_the_lease(admin: Any, make_user: Any, service: Any) -> None:
     user = make_user()
-    _batch(user, ["poster"])
+    create_batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w1", lease_seconds=5)[0]
     service.rpc(
         "heartbeat_generations", worker_id="w1", generation_ids=[item["id"]], lease_seconds=600
@@ -99,7 +87,7 @@ def test_retryable_failure_backs_off_then_fails_for_good_and_refunds(
     admin: Any, make_user: Any, service: Any
 ) -> None:
     user = make_user(credits=10)
-    batch_id = _batch(user, ["oil_painting"])
+    batch_id = create_batch(user, ["oil_painting"])
     delays = []
     for attempt in (1, 2):
         item = service.rpc("claim_generations", worker_id="w")[0]
@@ -147,7 +135,7 @@ def test_expired_lease_is_recovered_and_counts_as_an_attempt(
     admin: Any, make_user: Any, service: Any
 ) -> None:
     user = make_user(credits=10)
-    batch_id = _batch(user, ["poster", "noir"])
+    batch_id = create_batch(user, ["poster", "noir"])
     claimed = service.rpc("claim_generations", worker_id="dead", max_items=2)
     admin.execute(
         "update public.generations set lease_expires_at = now() - interval '1 second'"
@@ -192,7 +180,7 @@ def test_release_returns_items_without_spending_an_attempt(
     admin: Any, make_user: Any, service: Any
 ) -> None:
     user = make_user()
-    batch_id = _batch(user, ["poster"])
+    batch_id = create_batch(user, ["poster"])
     item = service.rpc("claim_generations", worker_id="w")[0]
     assert service.rpc("release_generations", worker_id="w", generation_ids=[item["id"]]) == 1
     assert batch_row(admin, batch_id)["status"] == "pending"
@@ -203,7 +191,7 @@ def test_release_returns_items_without_spending_an_attempt(
 def _backlog(admin: Any, user: Any, batches: int, styles: list[str]) -> None:
     """``batches`` older batches of ``user``, made quickly (as the contract would)."""
     for _ in range(batches):
-        _batch(user, styles)
+        create_batch(user, styles)
     admin.execute(
         "update public.generations set queued_at = queued_at - interval '1 hour'"
         " where user_id = %s",
@@ -218,7 +206,7 @@ def test_a_backlog_does_not_hold_up_another_users_new_batch(
     older backlog at the per-user cap made every claim come back empty."""
     big, small = make_user(credits=10_000), make_user(credits=10)
     _backlog(admin, big, 100, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir"])
-    small_batch = _batch(small, ["poster"])
+    small_batch = create_batch(small, ["poster"])
     claimed = service.rpc("claim_generations", worker_id="w", max_items=4)
     assert len(claimed) == 4
     assert str(small_batch) in {str(c["batch_id"]) for c in claimed}
@@ -228,7 +216,7 @@ def test_users_take_turns_one_item_each(admin: Any, make_user: Any, service: Any
     users = [make_user(credits=100) for _ in range(3)]
     _backlog(admin, users[0], 4, ["pencil_sketch", "charcoal", "poster", "noir"])
     for u in users[1:]:
-        _batch(u, ["pencil_sketch", "charcoal", "poster"])
+        create_batch(u, ["pencil_sketch", "charcoal", "poster"])
     claimed = service.rpc("claim_generations", worker_id="w", max_items=9)
     owners = [str(c["user_id"]) for c in claimed]
     assert sorted(owners.count(str(u.user_id)) for u in users) == [3, 3, 3]
@@ -236,7 +224,9 @@ def test_users_take_turns_one_item_each(admin: Any, make_user: Any, service: Any
 
 def test_a_user_alone_gets_every_free_slot(make_user: Any, service: Any) -> None:
     user = make_user(credits=100)
-    _batch(user, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir", "vintage_photo"])
+    create_batch(
+        user, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir", "vintage_photo"]
+    )
     first = service.rpc("claim_generations", worker_id="w", max_items=4, max_running_per_user=2)
     assert len(first) == 4  # the first release's cap is ignored: it idled free slots
     assert len(service.rpc("claim_generations", worker_id="w", max_items=4)) == 2
@@ -249,14 +239,14 @@ def test_a_user_coming_back_joins_the_current_round(
     big, late = make_user(credits=10_000), make_user(credits=10)
     _backlog(admin, big, 20, ["pencil_sketch", "charcoal", "poster", "pixel_art", "noir"])
     service.rpc("claim_generations", worker_id="w", max_items=30)  # the queue moves on
-    late_batch = _batch(late, ["poster", "noir"])
+    late_batch = create_batch(late, ["poster", "noir"])
     claimed = service.rpc("claim_generations", worker_id="w", max_items=4)
     assert [str(c["batch_id"]) for c in claimed].count(str(late_batch)) == 2
 
 
 def test_complete_many_in_one_call(admin: Any, make_user: Any, service: Any) -> None:
     users = [make_user(credits=10) for _ in range(3)]
-    batches = [_batch(u, ["poster", "noir"]) for u in users]
+    batches = [create_batch(u, ["poster", "noir"]) for u in users]
     claimed = service.rpc("claim_generations", worker_id="w", max_items=10)
     assert len(claimed) == 6
     accepted = service.rpc(
